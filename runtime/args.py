@@ -1,0 +1,55 @@
+"""Every option of the runtime, documented in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RuntimeArgs:
+    """Options of the model runner (and, later, of the engine and server built on it).
+
+    - ``model``: the alias ``smollm2-135m`` (the embedded default), a Hugging Face model directory, or a
+      ``.gguf`` file.
+    - ``dtype``: ``auto`` (float32 on CPU, bfloat16 on GPU), ``float32``, ``bfloat16`` or ``float16``.
+    - ``device``: ``auto`` (``cuda`` when available, else ``cpu``) or any torch device string.
+    - ``attention_backend``: ``torch`` or ``flashinfer``; ``None`` picks flashinfer on CUDA when installed.
+    - ``load_format``: ``auto`` (read the checkpoint) or ``dummy`` (random weights of the checkpoint's shape;
+      only the config is read; for benchmarks).
+    - ``page_size``: tokens per KV page (1 makes the prefix cache token-granular).
+    - ``max_total_tokens``: KV pool size in tokens; ``None`` sizes it from ``kv_memory_fraction`` on GPU and
+      to ``cpu_kv_tokens`` on CPU.
+    - ``kv_memory_fraction``: share of the GPU memory left after loading weights to give the KV pool.
+    - ``max_running_requests``: rows of the request-to-token table.
+    - ``context_length``: longest sequence; ``None`` takes the model's ``max_position_embeddings``.
+    - ``seed``: seeds the random weights of ``dummy`` loading.
+    """
+
+    model: str = "smollm2-135m"
+    dtype: str = "auto"
+    device: str = "auto"
+    attention_backend: str | None = None
+    load_format: str = "auto"
+    page_size: int = 1
+    max_total_tokens: int | None = None
+    kv_memory_fraction: float = 0.8
+    cpu_kv_tokens: int = 65536
+    max_running_requests: int = 256
+    context_length: int | None = None
+    seed: int = 0
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+        return DTYPES[self.dtype]

@@ -1,0 +1,63 @@
+"""The model runner: a model, its KV memory and an attention backend, executing one ``ForwardBatch`` at a time."""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.args import RuntimeArgs
+from runtime.attention import ATTENTION_BACKENDS, AttentionBackend, default_backend
+from runtime.config import ModelConfig
+from runtime.forward_batch import ForwardBatch
+from runtime.loader import load_model
+from runtime.memory import KVCache, KVCacheSpec, PageAllocator, ReqToTokenPool
+from runtime.model_files import resolve_model
+
+
+class ModelRunner:
+    """Owns the weights and the KV memory (``req_to_token``, ``allocator``, ``kv_cache``).
+
+    Callers allocate request rows and slots, build a ``ForwardBatch`` and call ``forward``; the runner records
+    the batch's slots in the request-to-token table, plans attention once and runs the model."""
+
+    def __init__(self, args: RuntimeArgs):
+        self.args = args
+        self.device = args.resolved_device()
+        self.dtype = args.resolved_dtype(self.device)
+        self.source = resolve_model(args.model)
+        self.model = load_model(self.source, self.dtype, self.device, args.load_format, args.seed)
+        self.config: ModelConfig = self.model.config
+        self.context_length = args.context_length or self.config.max_position_embeddings
+        spec = self._kv_spec()
+        self.kv_cache = KVCache(spec)
+        self.allocator = PageAllocator(spec.num_pages, spec.page_size)
+        self.req_to_token = ReqToTokenPool(args.max_running_requests, self.context_length, self.device)
+        self.attention = self._attention_backend()
+
+    def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
+        """Logits (float32) of each sequence's last new token ``[B, V]``, or of every new token ``[T, V]``."""
+        self.req_to_token.write(batch.token_rows(), batch.positions, batch.out_cache_loc)
+        self.attention.plan(batch, self.req_to_token.table)
+        return self.model(batch, self.attention, all_logits=all_logits)
+
+    def _kv_spec(self) -> KVCacheSpec:
+        c, page_size = self.config, self.args.page_size
+        spec = KVCacheSpec(1, page_size, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device)
+        tokens = self.args.max_total_tokens
+        if tokens is None and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            tokens = int(free * self.args.kv_memory_fraction) // spec.bytes_per_token
+        tokens = tokens or self.args.cpu_kv_tokens
+        num_pages = tokens // page_size + 1  # page 0 is the reserved dummy
+        return KVCacheSpec(num_pages, page_size, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device)
+
+    def _attention_backend(self) -> AttentionBackend:
+        name = self.args.attention_backend or default_backend(self.device)
+        if name == "torch":
+            from runtime.attention.torch_backend import TorchAttention
+
+            return TorchAttention(self.config, self.kv_cache)
+        if name == "flashinfer":
+            from runtime.attention.flashinfer_backend import FlashInferAttention
+
+            return FlashInferAttention(self.config, self.kv_cache)
+        raise ValueError(f"attention backend {name!r} is not one of {', '.join(ATTENTION_BACKENDS)}")

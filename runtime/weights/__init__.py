@@ -1,0 +1,1 @@
+"""Checkpoint readers: each yields Hugging Face-named tensors for ``LlamaForCausalLM.load_weights``."""

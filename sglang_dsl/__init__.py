@@ -1,0 +1,3 @@
+"""sglang-dsl: write language-model programs in Python and run them on a bundled radix-cache runtime."""
+
+__version__ = "0.1.0"

@@ -26,6 +26,8 @@ class RuntimeArgs:
     - ``kv_memory_fraction``: share of the GPU memory left after loading weights to give the KV pool.
     - ``max_running_requests``: rows of the request-to-token table.
     - ``context_length``: longest sequence; ``None`` takes the model's ``max_position_embeddings``.
+    - ``cuda_graph_max_bs``: decode batches up to this size replay captured CUDA graphs (FlashInfer only);
+      0 turns graphs off.
     - ``seed``: seeds the random weights of ``dummy`` loading.
     """
 
@@ -40,6 +42,7 @@ class RuntimeArgs:
     cpu_kv_tokens: int = 65536
     max_running_requests: int = 256
     context_length: int | None = None
+    cuda_graph_max_bs: int = 64
     seed: int = 0
 
     def resolved_device(self) -> torch.device:

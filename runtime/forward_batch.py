@@ -17,8 +17,10 @@ class ForwardBatch:
     input_ids: torch.Tensor  # [T] device
     positions: torch.Tensor  # [T] device
     out_cache_loc: torch.Tensor  # [T] device: KV slot of each new token
+    token_rows: torch.Tensor  # [T] device: request-table row of each new token
     req_rows: torch.Tensor  # [B] device: each sequence's row in the request-to-token table
     seq_lens: torch.Tensor  # [B] device: prefix + extend
+    last_token_indices: torch.Tensor  # [B] device: index of each sequence's last new token among the T
     prefix_lens_cpu: torch.Tensor  # [B]
     extend_lens_cpu: torch.Tensor  # [B]
 
@@ -38,11 +40,6 @@ class ForwardBatch:
     def is_decode(self) -> bool:
         return bool((self.extend_lens_cpu == 1).all())
 
-    @property
-    def last_token_indices(self) -> torch.Tensor:
-        """Index into the T new tokens of each sequence's last token, on the device."""
-        return (torch.cumsum(self.extend_lens_cpu, 0) - 1).to(self.input_ids.device, non_blocking=True)
-
     @classmethod
     def build(
         cls,
@@ -53,29 +50,12 @@ class ForwardBatch:
         out_cache_loc: torch.Tensor,
         device: torch.device,
     ) -> "ForwardBatch":
-        """Assemble a batch from host tensors, moving what the kernels need to ``device`` in one pass."""
+        """Assemble a batch from host tensors; everything the device needs travels in one copy."""
         total = int(extend_lens.sum())
         seq_of_token = torch.repeat_interleave(torch.arange(len(extend_lens)), extend_lens, output_size=total)
-        starts = torch.cumsum(extend_lens, 0) - extend_lens
-        positions = prefix_lens[seq_of_token] + torch.arange(total) - starts[seq_of_token]
-
-        def to_device(t: torch.Tensor) -> torch.Tensor:
-            if device.type == "cuda":
-                t = t.pin_memory()
-            return t.to(device, non_blocking=True)
-
-        return cls(
-            input_ids=to_device(input_ids.to(torch.int64)),
-            positions=to_device(positions),
-            out_cache_loc=to_device(out_cache_loc.to(torch.int64)),
-            req_rows=to_device(req_rows.to(torch.int64)),
-            seq_lens=to_device(prefix_lens + extend_lens),
-            prefix_lens_cpu=prefix_lens,
-            extend_lens_cpu=extend_lens,
-        )
-
-    def token_rows(self) -> torch.Tensor:
-        """The request-table row of each new token, on the device."""
-        return torch.repeat_interleave(
-            self.req_rows, self.extend_lens_cpu.to(self.req_rows.device), output_size=self.num_tokens
-        )
+        ends = torch.cumsum(extend_lens, 0)
+        positions = prefix_lens[seq_of_token] + torch.arange(total) - (ends - extend_lens)[seq_of_token]
+        parts = [input_ids, positions, out_cache_loc, req_rows[seq_of_token], req_rows, prefix_lens + extend_lens, ends - 1]
+        packed = torch.cat([p.to(torch.int64) for p in parts]).to(device)
+        fields = packed.split([p.numel() for p in parts])
+        return cls(*fields, prefix_lens_cpu=prefix_lens, extend_lens_cpu=extend_lens)

@@ -6,7 +6,9 @@ import torch
 
 from runtime.args import RuntimeArgs
 from runtime.attention import ATTENTION_BACKENDS, AttentionBackend, default_backend
+from runtime.attention.flashinfer_backend import FlashInferAttention
 from runtime.config import ModelConfig
+from runtime.cuda_graph import DecodeGraphs
 from runtime.forward_batch import ForwardBatch
 from runtime.loader import load_model
 from runtime.memory import KVCache, KVCacheSpec, PageAllocator, ReqToTokenPool
@@ -32,10 +34,13 @@ class ModelRunner:
         self.allocator = PageAllocator(spec.num_pages, spec.page_size)
         self.req_to_token = ReqToTokenPool(args.max_running_requests, self.context_length, self.device)
         self.attention = self._attention_backend()
+        self.decode_graphs = self._decode_graphs()
 
     def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
         """Logits (float32) of each sequence's last new token ``[B, V]``, or of every new token ``[T, V]``."""
-        self.req_to_token.write(batch.token_rows(), batch.positions, batch.out_cache_loc)
+        self.req_to_token.write(batch.token_rows, batch.positions, batch.out_cache_loc)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
+            return self.decode_graphs.run(batch, self.req_to_token.table)
         self.attention.plan(batch, self.req_to_token.table)
         return self.model(batch, self.attention, all_logits=all_logits)
 
@@ -50,6 +55,12 @@ class ModelRunner:
         num_pages = tokens // page_size + 1  # page 0 is the reserved dummy
         return KVCacheSpec(num_pages, page_size, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device)
 
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        if self.args.cuda_graph_max_bs <= 0 or not isinstance(self.attention, FlashInferAttention):
+            return None
+        max_bs = min(self.args.cuda_graph_max_bs, self.args.max_running_requests)
+        return DecodeGraphs(self.model, self.attention, max_bs, self.kv_cache.spec.num_pages, self.device)
+
     def _attention_backend(self) -> AttentionBackend:
         name = self.args.attention_backend or default_backend(self.device)
         if name == "torch":
@@ -57,7 +68,5 @@ class ModelRunner:
 
             return TorchAttention(self.config, self.kv_cache)
         if name == "flashinfer":
-            from runtime.attention.flashinfer_backend import FlashInferAttention
-
             return FlashInferAttention(self.config, self.kv_cache)
         raise ValueError(f"attention backend {name!r} is not one of {', '.join(ATTENTION_BACKENDS)}")

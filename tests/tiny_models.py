@@ -23,12 +23,13 @@ FAMILIES = {
 }
 
 
-def make_hf_model(family: str, directory: Path, seed: int = 0):
-    """Write a random ``family`` checkpoint (config.json + model.safetensors) to ``directory``; return the HF model."""
+def make_hf_model(family: str, directory: Path, seed: int = 0, **overrides):
+    """Write a random ``family`` checkpoint (config.json + model.safetensors) to ``directory``; return the HF
+    model. ``overrides`` replace config fields."""
     import transformers
 
     config_name, model_name, extra = FAMILIES[family]
-    config = getattr(transformers, config_name)(**{**COMMON, **extra})
+    config = getattr(transformers, config_name)(**{**COMMON, **extra, **overrides})
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config).eval()

@@ -1,8 +1,14 @@
-"""Building blocks of the decoder: RMSNorm, rotary embeddings, the gated MLP."""
+"""Building blocks of the decoder: RMSNorm (optionally fused with the residual add), rotary embeddings, the
+gated MLP.
+
+On CUDA tensors each block runs as one FlashInfer kernel when FlashInfer is installed (fewer, larger
+kernels are what make small-batch decoding fast); elsewhere it runs as plain PyTorch, the reference."""
 
 from __future__ import annotations
 
+import functools
 import math
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -11,15 +17,44 @@ from torch.nn import functional as F
 from runtime.config import ModelConfig, RopeConfig
 
 
+@functools.cache
+def _flashinfer() -> ModuleType | None:
+    try:
+        import flashinfer
+    except ImportError:
+        return None
+    return flashinfer
+
+
+def fused_kernels(x: torch.Tensor) -> ModuleType | None:
+    """FlashInfer, if ``x`` is a half-precision tensor on a CUDA device and FlashInfer is installed."""
+    return _flashinfer() if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) else None
+
+
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, scaled by a learned weight in the input dtype."""
+    """Root-mean-square norm in float32, scaled by a learned weight.
+
+    ``norm(x)`` returns the normed ``x``; ``norm(x, residual)`` first adds ``x`` to ``residual`` and returns
+    ``(normed sum, sum)``, the pre-norm residual pattern of every decoder layer."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        kernels = fused_kernels(x)
+        if kernels is not None:
+            if residual is None:
+                return kernels.norm.rmsnorm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
+            kernels.norm.fused_add_rmsnorm(x, residual, self.weight, self.eps)
+            return x, residual
+        if residual is None:
+            return self._norm(x)
+        residual = x + residual
+        return self._norm(residual), residual
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -50,26 +85,34 @@ def _llama3_scaled(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Applies rotary position embeddings to flattened ``[tokens, heads, head_dim]`` queries and keys.
+    """Rotary position embeddings (rotate-half layout) for ``[tokens, heads * head_dim]`` queries and keys.
 
-    The cos/sin table covers ``max_positions`` and is computed once in float32."""
+    The ``[max_positions, head_dim]`` table (cos then sin halves) is computed once in float32."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.head_dim = config.head_dim
         inv_freq = rope_inv_freq(config.rope, config.head_dim)
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         self.register_buffer("cos_sin", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        cos, sin = self.cos_sin[positions].unsqueeze(1).chunk(2, dim=-1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        kernels = fused_kernels(q)
+        if kernels is not None:
+            kernels.rope.apply_rope_with_cos_sin_cache_inplace(
+                positions, q, k, self.head_dim, self.cos_sin, is_neox=True
+            )
+            return q, k
+        cos, sin = self.cos_sin[positions].chunk(2, dim=-1)
+        return _rotate(q, cos, sin, self.head_dim), _rotate(k, cos, sin, self.head_dim)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
+    heads = x.view(x.shape[0], -1, head_dim)
+    x1, x2 = heads.chunk(2, dim=-1)
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).view(x.shape)
 
 
 class GatedMLP(nn.Module):
@@ -82,5 +125,9 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        kernels = fused_kernels(x)
+        if kernels is not None:
+            return self.down_proj(kernels.activation.silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate) * up)

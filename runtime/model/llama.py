@@ -31,13 +31,16 @@ class Attention(nn.Module):
     def forward(self, x, positions, rotary: RotaryEmbedding, attention: AttentionBackend) -> torch.Tensor:
         c = self.config
         q, k, v = self.qkv_proj(x).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        q = q.view(-1, c.num_heads, c.head_dim)
-        k = k.view(-1, c.num_kv_heads, c.head_dim)
-        v = v.view(-1, c.num_kv_heads, c.head_dim)
         if c.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q.reshape(-1, c.head_dim)).view(-1, c.q_size)
+            k = self.k_norm(k.reshape(-1, c.head_dim)).view(-1, c.kv_size)
         q, k = rotary(positions, q, k)
-        out = attention.forward(self.layer, q, k, v)
+        out = attention.forward(
+            self.layer,
+            q.view(-1, c.num_heads, c.head_dim),
+            k.view(-1, c.num_kv_heads, c.head_dim),
+            v.view(-1, c.num_kv_heads, c.head_dim),
+        )
         return self.o_proj(out.reshape(-1, c.q_size))
 
 
@@ -49,9 +52,15 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, positions, rotary, attention) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, attention)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, rotary, attention) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the layer's output delta and the residual stream before it (their sum is the output)."""
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, positions, rotary, attention)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -71,13 +80,14 @@ class LlamaForCausalLM(nn.Module):
     def forward(
         self, batch: ForwardBatch, attention: AttentionBackend, all_logits: bool = False
     ) -> torch.Tensor:
-        x = self.embed_tokens(batch.input_ids)
+        x, residual = self.embed_tokens(batch.input_ids), None
         for layer in self.layers:
-            x = layer(x, batch.positions, self.rotary, attention)
-        if not all_logits:
-            x = x[batch.last_token_indices]
+            x, residual = layer(x, residual, batch.positions, self.rotary, attention)
+        if not all_logits and not batch.is_decode:
+            x, residual = x[batch.last_token_indices], residual[batch.last_token_indices]
+        x, _ = self.norm(x, residual)
         head = self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return torch.matmul(self.norm(x), head.t()).float()
+        return torch.matmul(x, head.t()).float()
 
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors into the fused parameters; every parameter must be covered."""

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from runtime.errors import ModelLoadError
 
@@ -49,7 +50,7 @@ def _generate(args: argparse.Namespace) -> int:
         params = GenerationParams(args.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
         generations = generate(runner, prompts, params, tokenizer.eos_token_ids)
     except (ModelLoadError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
         return 2
     for prompt, generation in zip(args.prompts, generations):
         console.rule(f"[bold]{prompt}")

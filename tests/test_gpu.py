@@ -86,3 +86,17 @@ def test_cuda_graph_decode_matches_eager(checkpoint):
         assert (r.decode_graphs is not None) == bool(graphs)
         outputs[graphs] = generate(r, prompts, GenerationParams(max_new_tokens=16, ignore_eos=True))
     assert outputs[0] == outputs[16]
+
+
+def test_decode_steps_queued_without_host_sync_match_eager(checkpoint):
+    """The host plans step N+1 while the GPU may still run step N: plans must not overwrite metadata in use."""
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 256, (n,), generator=generator).tolist() for n in (90, 5, 47)]
+    logits = {}
+    for graphs in (0, 16):
+        r = ModelRunner(RuntimeArgs(model=str(checkpoint), device="cuda", dtype="bfloat16", max_total_tokens=4096,
+                                    max_running_requests=16, cuda_graph_max_bs=graphs))
+        with Sequences(r, 3) as seqs:
+            seqs.extend([0, 1, 2], prompts)
+            logits[graphs] = torch.stack([seqs.extend([0, 1, 2], [[s % 256]] * 3) for s in range(40)])
+    assert rel_err(logits[16], logits[0]) <= 1e-2

@@ -27,9 +27,12 @@ class FlashInferAttention:
             self.workspace, "NHD", use_tensor_cores=self.use_tensor_cores
         )
         self.dtype = kv_cache.spec.dtype
+        self.plan_uploaded = torch.cuda.Event()
+        self.plan_uploaded.record()
         self.window_left = -1 if config.sliding_window is None else config.sliding_window - 1
 
     def plan(self, batch: ForwardBatch, req_to_token: torch.Tensor) -> None:
+        self._await_previous_upload()
         self.batch = batch
         kv_indptr, kv_indices, last_page_len = self.page_table(batch.seq_lens_cpu, batch.seq_lens, batch.req_rows, req_to_token)
         if batch.is_decode:
@@ -43,6 +46,12 @@ class FlashInferAttention:
                 head_dim_qk=self.config.head_dim, page_size=self.kv_cache.spec.page_size, causal=True,
                 window_left=self.window_left, q_data_type=self.dtype, kv_data_type=self.dtype,
             )
+        self.plan_uploaded.record()
+
+    def _await_previous_upload(self) -> None:
+        """``plan`` stages its metadata in a pinned host buffer that an asynchronous copy uploads; wait until the
+        previous plan's upload has run before the buffer is written again (the host may run ahead of the GPU)."""
+        self.plan_uploaded.synchronize()
 
     def page_table(self, seq_lens_cpu: torch.Tensor, seq_lens: torch.Tensor, req_rows: torch.Tensor,
                    req_to_token: torch.Tensor):
@@ -83,6 +92,7 @@ class FlashInferAttention:
 
     def plan_graph_decode(self, wrapper, batch: ForwardBatch, padded_size: int, req_to_token: torch.Tensor) -> None:
         """Plan ``wrapper`` for ``batch`` padded to ``padded_size`` sequences; each pad attends to the dummy page."""
+        self._await_previous_upload()
         kv_indptr, kv_indices, last_page_len = self.page_table(batch.seq_lens_cpu, batch.seq_lens, batch.req_rows, req_to_token)
         pads = padded_size - batch.batch_size
         kv_indptr = torch.cat([kv_indptr, kv_indptr[-1] + torch.arange(1, pads + 1, dtype=torch.int32)])
@@ -90,6 +100,7 @@ class FlashInferAttention:
         last_page_len = torch.cat([last_page_len, last_page_len.new_ones(pads)])
         self.wrapper = wrapper
         self._plan_decode(wrapper, kv_indptr, kv_indices, last_page_len)
+        self.plan_uploaded.record()
 
     def _plan_decode(self, wrapper, kv_indptr, kv_indices, last_page_len) -> None:
         wrapper.plan(

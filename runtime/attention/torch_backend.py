@@ -32,7 +32,8 @@ class TorchAttention:
         )
         q_offset = torch.arange(batch.num_tokens, device=device) - starts[seq_of_token]
         self.q_pad_index = seq_of_token * self.max_q + q_offset
-        self.kv_slots = req_to_token[batch.req_rows, :max_kv].long()
+        self.kv_slots = req_to_token[batch.req_rows, :max_kv].long().flatten()
+        self.max_kv = max_kv
         self.mask = self._mask(prefix, extend, batch.seq_lens, max_kv)
 
     def _mask(self, prefix, extend, seq_lens, max_kv: int) -> torch.Tensor:
@@ -55,8 +56,9 @@ class TorchAttention:
         padded_q = q.new_zeros(self.batch.batch_size * self.max_q, num_heads, head_dim)
         padded_q[self.q_pad_index] = q
         padded_q = padded_q.view(self.batch.batch_size, self.max_q, num_heads, head_dim).transpose(1, 2)
-        keys = self.kv_cache.k[layer][self.kv_slots].transpose(1, 2).to(q.dtype)
-        values = self.kv_cache.v[layer][self.kv_slots].transpose(1, 2).to(q.dtype)
+        context = (self.batch.batch_size, self.max_kv, *self.kv_cache.k[layer].shape[1:])
+        keys = self.kv_cache.k[layer].index_select(0, self.kv_slots).view(context).transpose(1, 2).to(q.dtype)
+        values = self.kv_cache.v[layer].index_select(0, self.kv_slots).view(context).transpose(1, 2).to(q.dtype)
         out = F.scaled_dot_product_attention(
             padded_q, keys, values, attn_mask=self.mask, scale=self.scale, enable_gqa=True
         )

@@ -1,8 +1,9 @@
 """The ``sglang-dsl`` command line.
 
 ``sglang-dsl generate [--model MODEL] [--chat] PROMPT...`` continues prompts on a model (default: the embedded
-SmolLM2-135M-Instruct). Runtime modules are imported only by the commands that need them, so the language
-package itself never imports torch."""
+SmolLM2-135M-Instruct). ``sglang-dsl serve [--model MODEL] [--host H] [--port P] [--api-key K]`` serves a model
+over HTTP (SGLang's native API and the OpenAI API). Runtime modules are imported only by the commands that need
+them, so the language package itself never imports torch."""
 
 from __future__ import annotations
 
@@ -23,8 +24,78 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
+    _add_serve_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     return _generate(args)
+
+
+# ``serve`` options that map onto ``RuntimeArgs`` fields of the same name (dashes for underscores).
+_SERVE_RUNTIME_OPTIONS = (
+    ("--dtype", str, "auto, float32, bfloat16 or float16"),
+    ("--device", str, "auto, cpu, cuda, cuda:N ..."),
+    ("--attention-backend", str, "torch or flashinfer"),
+    ("--page-size", int, "tokens per KV page"),
+    ("--max-total-tokens", int, "KV pool size in tokens"),
+    ("--context-length", int, "longest sequence (default: the model's)"),
+    ("--max-running-requests", int, "most requests decoding together"),
+    ("--chunked-prefill-size", int, "most prompt tokens one request prefills per step (-1: no chunking)"),
+    ("--max-prefill-tokens", int, "most prompt tokens prefilled per step"),
+    ("--schedule-policy", str, "lpm, dfs-weight, fcfs or priority"),
+)
+
+
+def _add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="serve a model over HTTP (native and OpenAI APIs)")
+    serve.add_argument("--model", default="smollm2-135m", help="alias, Hugging Face directory, or .gguf file")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=30000)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all but /health)")
+    serve.add_argument("--served-model-name", default=None, help="the model name the OpenAI API reports")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    for flag, kind, help_text in _SERVE_RUNTIME_OPTIONS:
+        serve.add_argument(flag, type=kind, default=None, help=help_text)
+    serve.add_argument("--disable-radix-cache", action="store_true", default=None, help="no prefix reuse")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import fields, replace
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from runtime.args import RuntimeArgs
+    from runtime.errors import ModelLoadError
+
+    console = Console(stderr=True)
+    known = {f.name for f in fields(RuntimeArgs)}
+    names = [flag[2:].replace("-", "_") for flag, _, _ in _SERVE_RUNTIME_OPTIONS] + ["disable_radix_cache"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    unsupported = sorted(set(given) - known)
+    if unsupported:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unsupported)
+        console.print(f"[red]error:[/red] not supported by this runtime: {flags}", highlight=False)
+        return 2
+    if "schedule_policy" in given:
+        from runtime.schedule_policy import SCHEDULE_POLICIES
+
+        if given["schedule_policy"] not in SCHEDULE_POLICIES:
+            console.print(f"[red]error:[/red] --schedule-policy must be one of {', '.join(SCHEDULE_POLICIES)}",
+                          highlight=False)
+            return 2
+    runtime_args = replace(RuntimeArgs(model=args.model), **given)
+    try:
+        from runtime.server import serve
+
+        serve(runtime_args, host=args.host, port=args.port, api_key=args.api_key,
+              served_model_name=args.served_model_name, log_level=args.log_level)
+    except (ModelLoadError, ValueError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

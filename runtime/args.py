@@ -29,6 +29,20 @@ class RuntimeArgs:
     - ``cuda_graph_max_bs``: decode batches up to this size replay captured CUDA graphs (FlashInfer only);
       0 turns graphs off.
     - ``seed``: seeds the random weights of ``dummy`` loading.
+
+    Scheduling (the engine):
+
+    - ``schedule_policy``: order of the waiting queue: ``lpm`` (longest cached prefix first), ``dfs-weight``
+      (depth-first over the radix tree, keeping requests that share prefixes together), ``fcfs``, or
+      ``priority`` (higher ``priority`` first, then arrival). Cache-aware policies fall back to ``fcfs`` when more
+      than ``cache_aware_queue_limit`` requests wait.
+    - ``chunked_prefill_size``: most prompt tokens one request prefills per step (longer prompts continue in the
+      next steps); -1 never splits a prompt.
+    - ``max_prefill_tokens``: most prompt tokens all requests prefill in one step.
+    - ``disable_radix_cache``: no prefix reuse (every prompt is prefilled in full).
+    - ``new_token_ratio``: share of each running request's remaining ``max_new_tokens`` that admission reserves
+      KV for; it decays by ``new_token_ratio_decay`` per decode step down to ``min_new_token_ratio`` and is
+      raised again after a retraction.
     """
 
     model: str = "smollm2-135m"
@@ -44,6 +58,14 @@ class RuntimeArgs:
     context_length: int | None = None
     cuda_graph_max_bs: int = 64
     seed: int = 0
+    schedule_policy: str = "lpm"
+    cache_aware_queue_limit: int = 128
+    chunked_prefill_size: int = 8192
+    max_prefill_tokens: int = 16384
+    disable_radix_cache: bool = False
+    new_token_ratio: float = 0.7
+    min_new_token_ratio: float = 0.1
+    new_token_ratio_decay: float = 0.001
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

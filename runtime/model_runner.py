@@ -36,13 +36,20 @@ class ModelRunner:
         self.attention = self._attention_backend()
         self.decode_graphs = self._decode_graphs()
 
-    def forward(self, batch: ForwardBatch, all_logits: bool = False) -> torch.Tensor:
-        """Logits (float32) of each sequence's last new token ``[B, V]``, or of every new token ``[T, V]``."""
+    def forward(
+        self, batch: ForwardBatch, all_logits: bool = False, logit_indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Float32 logits: of each sequence's last new token ``[B, V]`` by default, of every new token with
+        ``all_logits``, or of the new tokens at ``logit_indices`` (host or device indices into the T tokens)."""
         self.req_to_token.write(batch.token_rows, batch.positions, batch.out_cache_loc)
-        if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
+        if all_logits:
+            logit_indices = torch.arange(batch.num_tokens)
+        if logit_indices is None and self.decode_graphs is not None and self.decode_graphs.can_run(batch):
             return self.decode_graphs.run(batch, self.req_to_token.table)
         self.attention.plan(batch, self.req_to_token.table)
-        return self.model(batch, self.attention, all_logits=all_logits)
+        if logit_indices is not None:
+            logit_indices = logit_indices.to(self.device)
+        return self.model(batch, self.attention, logit_indices)
 
     def _kv_spec(self) -> KVCacheSpec:
         c, page_size = self.config, self.args.page_size

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from sglang_dsl.cli import main
-from tiny_models import make_hf_model
+from tiny_models import make_hf_model, write_word_tokenizer
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -18,11 +16,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 def test_generate_on_a_local_checkpoint(tmp_path, capsys):
     make_hf_model("llama", tmp_path)
+    write_word_tokenizer(tmp_path)
     capsys.readouterr()
-    (tmp_path / "tokenizer.json").write_text(json.dumps({
-        "version": "1.0", "model": {"type": "WordLevel", "vocab": {f"w{i}": i for i in range(256)}, "unk_token": "w0"},
-        "pre_tokenizer": {"type": "Whitespace"}, "decoder": None, "added_tokens": [],
-    }))
     code, out = run_cli(capsys, "generate", "--model", str(tmp_path), "--max-new-tokens", "5", "w1 w2 w3")
     assert code == 0
     assert "w1 w2 w3" in out  # the prompt heads its continuation

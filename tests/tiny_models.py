@@ -35,3 +35,14 @@ def make_hf_model(family: str, directory: Path, seed: int = 0, **overrides):
     model = getattr(transformers, model_name)(config).eval()
     model.save_pretrained(directory)
     return model
+
+
+def write_word_tokenizer(directory: Path, vocab_size: int = 256) -> None:
+    """A word-level ``tokenizer.json`` whose tokens are ``w0 .. w{vocab_size-1}``, split on whitespace."""
+    import json
+
+    (directory / "tokenizer.json").write_text(json.dumps({
+        "version": "1.0",
+        "model": {"type": "WordLevel", "vocab": {f"w{i}": i for i in range(vocab_size)}, "unk_token": "w0"},
+        "pre_tokenizer": {"type": "Whitespace"}, "decoder": None, "added_tokens": [],
+    }))

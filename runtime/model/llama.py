@@ -64,7 +64,7 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """``forward`` returns logits (float32) of each sequence's last new token, or of every new token."""
+    """A causal LM whose ``forward`` runs one ``ForwardBatch`` and returns float32 logits."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -78,13 +78,16 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(
-        self, batch: ForwardBatch, attention: AttentionBackend, all_logits: bool = False
+        self, batch: ForwardBatch, attention: AttentionBackend, logit_indices: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Logits (float32) at ``logit_indices`` among the batch's new tokens, by default at each sequence's last."""
         x, residual = self.embed_tokens(batch.input_ids), None
         for layer in self.layers:
             x, residual = layer(x, residual, batch.positions, self.rotary, attention)
-        if not all_logits and not batch.is_decode:
-            x, residual = x[batch.last_token_indices], residual[batch.last_token_indices]
+        if logit_indices is None and not batch.is_decode:
+            logit_indices = batch.last_token_indices
+        if logit_indices is not None:
+            x, residual = x[logit_indices], residual[logit_indices]
         x, _ = self.norm(x, residual)
         head = self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return torch.matmul(x, head.t()).float()

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from runtime.model_runner import ModelRunner
-from runtime.sampling import sample
+from runtime.requests import SamplingParams
+from runtime.sampler import SamplingBatch, sample
 from runtime.sequences import Sequences
 
 
@@ -34,19 +33,20 @@ def generate(
     """Continue each token-id prompt; all unfinished sequences share every forward pass."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
-    n, device = len(prompts), runner.device
-    generator = None if params.seed is None else torch.Generator(device).manual_seed(params.seed)
-    temperature = torch.full((n,), params.temperature, device=device)
-    top_p = torch.full((n,), params.top_p, device=device)
-    top_k = torch.full((n,), params.top_k, dtype=torch.int64, device=device)
+    n = len(prompts)
+    # Every prompt samples with the same parameters (and seed): a seeded prompt continues the same way whatever
+    # else is in the batch.
+    row = SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, seed=params.seed)
     outputs: list[list[int]] = [[] for _ in prompts]
     finish: list[str | None] = [None] * n
     active, inputs = list(range(n)), [list(p) for p in prompts]
+    batch: SamplingBatch | None = None
     with Sequences(runner, n) as sequences:
         while active:
             logits = sequences.extend(active, [inputs[i] for i in active])
-            rows = torch.tensor(active, device=device)
-            tokens = sample(logits, temperature[rows], top_p[rows], top_k[rows], generator).tolist()
+            if batch is None or batch.size != len(active):
+                batch = SamplingBatch.build([row] * len(active), runner.device)
+            tokens = sample(logits, batch, [outputs[i] for i in active]).tolist()
             for i, token in zip(active, tokens):
                 if token in eos_token_ids and not params.ignore_eos:
                     finish[i] = "stop"

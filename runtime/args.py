@@ -28,7 +28,7 @@ class RuntimeArgs:
     - ``context_length``: longest sequence; ``None`` takes the model's ``max_position_embeddings``.
     - ``cuda_graph_max_bs``: decode batches up to this size replay captured CUDA graphs (FlashInfer only);
       0 turns graphs off.
-    - ``seed``: seeds the random weights of ``dummy`` loading.
+    - ``seed``: seeds the random weights of ``dummy`` loading and the sampling of requests without a seed.
 
     Scheduling (the engine):
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -80,8 +81,12 @@ class PageAllocator:
 
     def free_slots(self, slots: torch.Tensor) -> None:
         """Return the pages holding ``slots`` (a page is freed once, however many of its slots are given)."""
-        if slots.numel():
-            self._free = torch.cat([self._free, torch.unique(slots.cpu() // self.page_size)])
+        if not slots.numel():
+            return
+        pages = slots.cpu().to(torch.int64)
+        if self.page_size > 1:  # numpy's unique: torch's parallel sort is slow on small CPUs
+            pages = torch.from_numpy(np.unique(pages.numpy() // self.page_size))
+        self._free = torch.cat([self._free, pages])
 
     def extend(self, last_slots: torch.Tensor, seq_lens: torch.Tensor, extend_lens: torch.Tensor) -> torch.Tensor:
         """Slots for ``extend_lens[i]`` new tokens after ``seq_lens[i]`` existing ones of each sequence.

@@ -59,6 +59,7 @@ class Scheduler:
         self.prefilling: list[Req] = []  # admitted, prompt not fully in the KV cache yet
         self.running: list[Req] = []  # decoding
         self.new_token_ratio = args.new_token_ratio
+        self.generator = torch.Generator(runner.device).manual_seed(args.seed)  # randomness of unseeded requests
         self.prompt_tokens_seen = 0
         self.cached_tokens_seen = 0
 
@@ -284,7 +285,7 @@ class Scheduler:
 
     def _sample_and_append(self, reqs: list[Req], logits: torch.Tensor) -> None:
         params = [r.request.sampling for r in reqs]
-        batch = SamplingBatch.build(params, self.runner.device)
+        batch = SamplingBatch.build(params, self.runner.device, generator=self.generator)
         tokens = sample(logits, batch, [r.output_ids for r in reqs], [r.input_ids for r in reqs],
                         self.eos_token_ids).tolist()
         want = [i for i, r in enumerate(reqs) if r.request.logprobs.return_logprob]

@@ -1,0 +1,126 @@
+"""What a backend must do to run programs: the interface between the interpreter and a model.
+
+The interpreter (`sglang_dsl.lang.executor`) hands a backend one call per node that needs the model:
+
+- `Backend.generate` / `Backend.stream`: continue a prompt with the sampling parameters the program set (and only
+  those: unset ones are left to the backend) and any constraint (``regex``, ``json_schema``, ``dtype``).
+- `Backend.select`: score every choice after a prompt and decide with the node's choices method.
+- `Backend.cache_prefix`: a hint that several requests will share this prompt (before a ``fork``, before a
+  batch); a backend with a prefix cache computes it once.
+- `Backend.chat_template`: how the model renders chat turns (roles render through the model's own template).
+
+`Capabilities` says what a backend can do; the interpreter raises `UnsupportedFeatureError` naming the node
+before calling a backend for something it lacks. Backend methods are coroutines run on the interpreter's event
+loop; they raise exceptions with plain messages and the interpreter adds the program and node.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping, Protocol, Sequence
+
+from sglang_dsl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
+from sglang_dsl.lang.errors import UnsupportedFeatureError
+from sglang_dsl.lang.exprs import Image
+from sglang_dsl.lang.params import SamplingParams
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run. ``images``: image inputs; ``select``: likelihood scoring of choices;
+    ``streaming``: incremental output; ``prefix_cache``: `Backend.cache_prefix` does something."""
+
+    select: bool = True
+    streaming: bool = True
+    images: bool = False
+    prefix_cache: bool = False
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The program's text so far (chat turns already rendered) and the images attached to it."""
+
+    text: str
+    images: tuple[Image, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerateCall:
+    """One generation: ``params`` are the program's defaults with the node's settings over them; fields still
+    ``None`` are not sent. ``extra_sampling`` holds native sampling keys set globally (``global_config``)."""
+
+    node: str
+    prompt: Prompt
+    params: SamplingParams
+    extra_sampling: Mapping[str, Any] = field(default_factory=dict)
+
+    def sampling_params(self) -> dict[str, Any]:
+        """The native ``sampling_params`` to send: only the keys that were set."""
+        return {**self.params.native_sampling(), **self.extra_sampling}
+
+    def logprob_options(self) -> dict[str, Any]:
+        """The request-level logprob options that were set."""
+        return self.params.native_logprobs()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation (cumulative while streaming): ``text`` is a list when ``n > 1``; ``meta_info`` follows the
+    native API's (``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``finish_reason``, logprobs)."""
+
+    text: str | list[str]
+    meta_info: dict[str, Any] | list[dict[str, Any]]
+    finished: bool = True
+
+
+@dataclass(frozen=True)
+class SelectCall:
+    node: str
+    prompt: Prompt
+    choices: tuple[str, ...]
+    temperature: float
+    method: ChoicesSamplingMethod
+
+
+class ChatTemplate(Protocol):
+    """A model's chat format: render OpenAI-style messages (string contents) as the model expects them."""
+
+    image_token: str | None
+
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False) -> str: ...
+
+
+class Backend(ABC):
+    """Base of all backends; see the module docstring for the contract."""
+
+    name: str = "backend"
+    capabilities: Capabilities = Capabilities()
+
+    @abstractmethod
+    def chat_template(self) -> ChatTemplate | None:
+        """The model's chat template, or None when it has none (chat roles then fail, naming the node)."""
+
+    @abstractmethod
+    async def generate(self, call: GenerateCall) -> Generation:
+        """Continue ``call.prompt``; raise with a message saying what went wrong."""
+
+    def stream(self, call: GenerateCall) -> AsyncIterator[Generation]:
+        """Cumulative generations until one with ``finished`` set (implement as an async generator)."""
+        raise UnsupportedFeatureError("streaming", self.name, node=call.node)
+
+    async def select(self, call: SelectCall) -> ChoicesDecision:
+        raise UnsupportedFeatureError("select", self.name, node=call.node)
+
+    async def cache_prefix(self, prompt: Prompt) -> None:
+        """Compute and keep the KV of ``prompt`` for requests that will share it (a no-op without a cache)."""
+
+    def flush_cache(self) -> bool:
+        """Drop cached prefixes; False when the backend cannot (or has nothing to flush)."""
+        return False
+
+    def server_info(self) -> dict[str, Any]:
+        return {}
+
+    def shutdown(self) -> None:
+        """Release what the backend holds (processes, connections)."""

@@ -1,0 +1,107 @@
+"""``run_batch``: one program over many argument sets, concurrently, in input order.
+
+Bodies run on a thread pool (they are ordinary blocking Python); their expressions all run on the interpreter
+loop, so the backend sees the whole batch at once and batches it. Before the rest start, the first program's
+prompt is handed to the backend's prefix cache when its first request goes out (``global_config.
+enable_precache_with_tracing``), so a prefix the batch shares (few-shot examples, a system prompt) is computed
+once and not by every program that arrives together."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Iterator
+
+from sglang_dsl.lang.config import global_config, resolve_backend
+from sglang_dsl.lang.params import SamplingParams
+from sglang_dsl.lang.state import ProgramState
+
+if TYPE_CHECKING:
+    from backends.base import Backend
+    from sglang_dsl.lang.function import SglFunction
+
+
+def run_batch(function: "SglFunction", batch: list, defaults: SamplingParams, backend: "Backend | None",
+              num_threads: int | str, progress_bar: bool, generator_style: bool):
+    """See `SglFunction.run_batch`."""
+    arguments = [_arguments(function, entry) for entry in batch]
+    if not arguments:
+        return iter(()) if generator_style else []
+    backend = resolve_backend(backend)
+    states = _states(function, arguments, defaults, backend, _threads(num_threads, len(arguments)), progress_bar)
+    return states if generator_style else list(states)
+
+
+def _states(function: "SglFunction", arguments: list[dict[str, Any]], defaults: SamplingParams,
+            backend: "Backend", threads: int, progress_bar: bool) -> Iterator[ProgramState]:
+    warm = threading.Event()
+    precache = global_config.enable_precache_with_tracing and len(arguments) > 1
+
+    def one(args: dict[str, Any], first: bool) -> ProgramState:
+        state = function.execute(args, defaults, backend, before_first_request=warm.set if first else None)
+        state.error()  # wait for it; a failure stays in the state
+        return state
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"sglang-dsl-{function.name}") as pool:
+        futures: list[Future[ProgramState]] = [pool.submit(one, arguments[0], precache)]
+        if precache:
+            futures[0].add_done_callback(lambda _: warm.set())
+            warm.wait()
+        try:
+            futures += [pool.submit(one, args, False) for args in arguments[1:]]
+            with _progress(function.name, len(futures), progress_bar) as advance:
+                for future in futures:
+                    future.add_done_callback(lambda _: advance())
+                for future in futures:
+                    yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _arguments(function: "SglFunction", entry: Any) -> dict[str, Any]:
+    if isinstance(entry, dict):
+        return function.arguments((), entry)
+    if isinstance(entry, (list, tuple)):
+        required = len(function.arg_names) - len(function.arg_defaults) - len(function.bind_arguments)
+        if not max(required, 0) <= len(entry) <= len(function.arg_names):
+            raise TypeError(f"{function.name}: a batch entry of {len(entry)} values does not match its arguments "
+                            f"({', '.join(function.arg_names)})")
+        return function.arguments(entry, {})
+    raise TypeError(f"{function.name}: batch entries must be dicts or lists, got {type(entry).__name__}")
+
+
+def _threads(num_threads: int | str, size: int) -> int:
+    if num_threads == "auto":
+        return min(size, max(96, (os.cpu_count() or 1) * 16))
+    if not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or 'auto', got {num_threads!r}")
+    return min(num_threads, size)
+
+
+class _progress:
+    """A rich progress bar advanced from any thread (or nothing when ``enabled`` is false)."""
+
+    def __init__(self, name: str, total: int, enabled: bool):
+        self.name, self.total, self.enabled = name, total, enabled
+        self._bar: Any = None
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import Progress
+
+            self._bar = Progress()
+            self._bar.start()
+            self._task = self._bar.add_task(self.name, total=self.total)
+        return self.advance
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.advance(self._task)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()

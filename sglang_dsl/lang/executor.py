@@ -1,0 +1,372 @@
+"""Running one program state: the expressions appended to it, in order, against a backend.
+
+A program body runs in the caller's thread and only appends (`Executor.submit`); the appended expressions run
+one after another as a coroutine on the interpreter loop (`sglang_dsl.lang.loop`), started when work arrives
+and finished when the queue is empty. Readers block on a condition until what they need is written:
+
+- ``s["x"]`` waits for every submitted write of ``x`` (`Executor.get`), not for the rest of the program;
+- `Executor.sync` waits for everything submitted so far.
+
+The first failure is kept: queued work is dropped, waiters wake up and raise it (a `ProgramError` naming the
+program and node), and so does any later ``submit``. Nothing waits on work that will not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections import Counter, deque
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from sglang_dsl.lang import loop
+from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
+from sglang_dsl.lang.exprs import (
+    Expr, Gen, Image, RoleBegin, RoleEnd, Select, Text, VarScopeBegin, VarScopeEnd, written_variables,
+)
+from sglang_dsl.lang.params import SamplingParams
+from sglang_dsl.lang.roles import turn_closing, turn_opening
+
+if TYPE_CHECKING:
+    from backends.base import Backend, Generation
+
+StreamChunk = tuple[str, dict]
+
+
+class Executor:
+    """The state of one program (or fork branch) and the runner of what is appended to it.
+
+    Public fields (read them under ``changed``): ``text``, ``messages`` (OpenAI format), ``variables``,
+    ``meta_info``, ``images``, ``streams`` (per variable, the ``(chunk, meta)`` pieces of a streamed gen),
+    ``error``."""
+
+    def __init__(self, program: str, backend: "Backend", defaults: SamplingParams, *, stream: bool = False,
+                 extra_sampling: dict[str, Any] | None = None, branch: str = ""):
+        self.program, self.backend, self.defaults, self.stream = program, backend, defaults, stream
+        self.extra_sampling = extra_sampling or {}
+        self.branch = branch
+        self.changed = threading.Condition()
+        self.text = ""
+        self.messages: list[dict[str, Any]] = []
+        self.variables: dict[str, Any] = {}
+        self.meta_info: dict[str, Any] = {}
+        self.images: list[Image] = []
+        self.streams: dict[str, list[StreamChunk]] = {}
+        self.error: BaseException | None = None
+        self.ended = False
+        self.fork_start = 0
+        self.children: list[Executor] = []
+        self.before_first_request: Callable[[], None] | None = None
+        self._role: str | None = None
+        self._role_start = 0
+        self._turn_images: list[Image] = []
+        self._scopes: dict[str, int] = {}
+        self._queue: deque[Expr] = deque()
+        self._writes: Counter[str] = Counter()
+        self._submitted = 0
+        self._done = 0
+        self._task: Future | None = None
+        self._leaf: Expr | None = None
+
+    # ---- the caller's side ------------------------------------------------------------------------------
+
+    def submit(self, expr: Expr) -> None:
+        """Queue ``expr``; raises the state's error if it already failed."""
+        with self.changed:
+            if self.error is not None:
+                raise self.error
+            self._writes.update(written_variables(expr))
+            self._queue.append(expr)
+            self._submitted += 1
+            start = self._task is None
+            if start:
+                self._task = loop.spawn(self._drain())
+
+    def sync(self) -> None:
+        """Wait until everything submitted so far ran; raise the error if something failed."""
+        with self.changed:
+            self.changed.wait_for(self.idle)
+            if self.error is not None:
+                raise self.error
+
+    def wait(self) -> BaseException | None:
+        """Like `sync`, but return the error instead of raising it."""
+        with self.changed:
+            self.changed.wait_for(self.idle)
+            return self.error
+
+    def idle(self) -> bool:
+        """Nothing queued or running (or the state failed). Call under ``changed``."""
+        return self.error is not None or self._done >= self._submitted
+
+    def finished(self) -> bool:
+        """The program ended and all its work ran (or it failed). Call under ``changed``."""
+        return self.error is not None or (self.ended and self._done >= self._submitted)
+
+    def get(self, name: str, table: str = "variables") -> Any:
+        """Wait for variable ``name`` (or its entry in ``meta_info``) and return it."""
+        with self.changed:
+            self.changed.wait_for(lambda: self._writes[name] == 0 or self.error is not None)
+            values = getattr(self, table)
+            if self._writes[name] == 0 and name in values:
+                return values[name]
+            if self.error is not None:
+                raise self.error
+            known = ", ".join(sorted(map(repr, self.variables))) or "none"
+            raise KeyError(f"program {self.program!r} has no variable {name!r} (variables: {known})")
+
+    def settled(self, name: str) -> bool:
+        """No write of ``name`` is queued or running. Call under ``changed``."""
+        return self._writes[name] == 0
+
+    def set(self, name: str, value: Any) -> None:
+        with self.changed:
+            self.variables[name] = value
+            self.changed.notify_all()
+
+    def abort(self, error: BaseException) -> None:
+        """Stop: drop queued work, cancel what runs (its backend request is aborted), and record ``error``
+        (here and in every fork branch) unless a failure is already recorded."""
+        with self.changed:
+            if self.error is None:
+                self.error = error
+            self._queue.clear()
+            task, children = self._task, list(self.children)
+            self.changed.notify_all()
+        if task is not None:
+            task.cancel()
+        for child in children:
+            child.abort(error)
+
+    def end(self) -> None:
+        """The program body returned: text streams may finish once the queue is empty."""
+        with self.changed:
+            self.ended = True
+            children = list(self.children)
+            self.changed.notify_all()
+        for child in children:
+            child.end()
+
+    def fork(self, size: int) -> list["Executor"]:
+        """``size`` branches that continue from the current state (after running what is queued). With more
+        than one branch, the shared text is first handed to the backend's prefix cache."""
+        self.sync()
+        if size > 1 and self.text and self.backend.capabilities.prefix_cache:
+            from backends.base import Prompt
+
+            try:
+                loop.run(self.backend.cache_prefix(Prompt(self.text, tuple(self.images))))
+            except Exception as err:
+                raise self._located(err, f"fork({size})") from err
+        children = [self._branch(i) for i in range(size)]
+        with self.changed:
+            self.children.extend(children)
+        return children
+
+    def _branch(self, index: int) -> "Executor":
+        child = Executor(self.program, self.backend, self.defaults, stream=self.stream,
+                         extra_sampling=self.extra_sampling, branch=f"{self.branch}fork[{index}] ")
+        child.text, child.messages = self.text, copy.deepcopy(self.messages)
+        child.variables, child.images = dict(self.variables), list(self.images)
+        child._role, child._role_start, child._turn_images = self._role, self._role_start, list(self._turn_images)
+        child.fork_start = len(self.text)
+        return child
+
+    # ---- the interpreter loop's side --------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        while True:
+            with self.changed:
+                if not self._queue or self.error is not None:
+                    self._task = None
+                    self.changed.notify_all()
+                    return
+                expr = self._queue[0]
+            try:
+                for leaf in expr.flat():
+                    self._leaf = leaf
+                    await self._run(leaf)
+            except asyncio.CancelledError:
+                with self.changed:
+                    self._task = None
+                    self.changed.notify_all()
+                raise
+            except Exception as err:
+                self._fail(self._located(err, self._leaf.label if self._leaf else None))
+                return
+            with self.changed:
+                if self._queue and self._queue[0] is expr:
+                    self._queue.popleft()
+                self._done += 1
+                self._writes.subtract(written_variables(expr))
+                self.changed.notify_all()
+
+    def _located(self, err: Exception, node: str | None) -> ProgramError:
+        label = f"{self.branch}{node}" if node else self.branch.strip() or None
+        if isinstance(err, ProgramError):
+            return err.located(self.program, label)
+        error = ProgramError(f"{type(err).__name__}: {err}", program=self.program, node=label)
+        error.__cause__ = err
+        return error
+
+    def _fail(self, error: ProgramError) -> None:
+        with self.changed:
+            self.error = error
+            self._queue.clear()
+            self._task = None
+            self.changed.notify_all()
+
+    async def _run(self, leaf: Expr) -> None:
+        handler = self._handlers().get(type(leaf))
+        if handler is None:
+            raise ProgramError(f"cannot run a {type(leaf).__name__} node")
+        await handler(leaf)
+
+    def _handlers(self) -> dict[type, Callable[[Any], Awaitable[None]]]:
+        return {Text: self._text, Gen: self._gen, Select: self._select, RoleBegin: self._role_begin,
+                RoleEnd: self._role_end, Image: self._image, VarScopeBegin: self._scope_begin,
+                VarScopeEnd: self._scope_end}
+
+    def _append(self, text: str) -> None:
+        with self.changed:
+            self.text += text
+            self.changed.notify_all()
+
+    def _store(self, name: str | None, value: Any, meta: Any) -> None:
+        if name is None:
+            return
+        with self.changed:
+            self.variables[name] = value
+            self.meta_info[name] = meta
+
+    def _prompt(self):
+        from backends.base import Prompt
+
+        return Prompt(self.text, tuple(self.images))
+
+    async def _warm_up(self) -> None:
+        """For the first program of a batch: cache this prompt, then let the others start."""
+        signal, self.before_first_request = self.before_first_request, None
+        if signal is not None:
+            try:
+                if self.backend.capabilities.prefix_cache and self.text:
+                    await self.backend.cache_prefix(self._prompt())
+            finally:
+                signal()
+
+    async def _text(self, leaf: Text) -> None:
+        self._append(leaf.value)
+
+    async def _gen(self, leaf: Gen) -> None:
+        from backends.base import GenerateCall
+
+        await self._warm_up()
+        call = GenerateCall(f"{self.branch}{leaf.label}", self._prompt(), leaf.params.merged_over(self.defaults),
+                            self.extra_sampling)
+        if self.stream and (call.params.n or 1) == 1:
+            await self._gen_streamed(leaf, call)
+            return
+        out = await self.backend.generate(call)
+        self._append(out.text if isinstance(out.text, str) else out.text[0])
+        self._store(leaf.name, out.text, out.meta_info)
+
+    async def _gen_streamed(self, leaf: Gen, call) -> None:
+        if not self.backend.capabilities.streaming:
+            raise UnsupportedFeatureError("streaming", self.backend.name)
+        chunks: list[StreamChunk] = []
+        if leaf.name is not None:
+            with self.changed:
+                self.streams[leaf.name] = chunks
+        sent, logprobs_sent, last = "", 0, None
+        async for out in self.backend.stream(call):
+            last = out
+            piece = out.text[len(sent):]
+            if not piece and not out.finished:
+                continue  # hold back empty steps; their logprobs go with the next piece
+            meta, logprobs_sent = _chunk_meta(out.meta_info, logprobs_sent)
+            sent = out.text
+            with self.changed:
+                self.text += piece
+                chunks.append((piece, meta))
+                self.changed.notify_all()
+        if last is not None:
+            self._store(leaf.name, last.text, last.meta_info)
+
+    async def _select(self, leaf: Select) -> None:
+        from backends.base import SelectCall
+
+        if not self.backend.capabilities.select:
+            raise UnsupportedFeatureError("select", self.backend.name)
+        await self._warm_up()
+        call = SelectCall(f"{self.branch}{leaf.label}", self._prompt(), leaf.choices, leaf.temperature,
+                          leaf.choices_method)
+        decision = await self.backend.select(call)
+        self._append(decision.decision)
+        self._store(leaf.name, decision.decision, decision.meta_info)
+
+    async def _role_begin(self, leaf: RoleBegin) -> None:
+        if self._role is not None:
+            raise ProgramError(f"a {leaf.role} turn cannot start inside the open {self._role} turn "
+                               f"(roles do not nest; close it with {self._role}_end())")
+        opening = turn_opening(self._template(), self._history(), leaf.role)
+        self._append(opening)
+        self._role, self._role_start, self._turn_images = leaf.role, len(self.text), []
+
+    async def _role_end(self, leaf: RoleEnd) -> None:
+        if self._role != leaf.role:
+            open_turn = f"the open turn is {self._role}" if self._role else "no turn is open"
+            raise ProgramError(f"{leaf.role}_end() does not match the open turn ({open_turn})")
+        content = self.text[self._role_start:].lstrip()
+        closing = turn_closing(self._template(), self._history(), leaf.role)
+        message: dict[str, Any] = {"role": leaf.role, "content": content}
+        if self._turn_images:
+            message["content"] = [{"type": "text", "text": content}] + [
+                {"type": "image_url", "image_url": {"url": image.data_url()}} for image in self._turn_images]
+        with self.changed:
+            self.text += closing
+            self.messages.append(message)
+            self._role = None
+            self.changed.notify_all()
+
+    async def _image(self, leaf: Image) -> None:
+        template = self._template() if self.backend.capabilities.images else None
+        if template is None or not template.image_token:
+            raise UnsupportedFeatureError("images", self.backend.name, detail="the model takes text only")
+        self._append(template.image_token)
+        self.images.append(leaf)
+        self._turn_images.append(leaf)
+
+    async def _scope_begin(self, leaf: VarScopeBegin) -> None:
+        self._scopes[leaf.name] = len(self.text)
+
+    async def _scope_end(self, leaf: VarScopeEnd) -> None:
+        if leaf.name not in self._scopes:
+            raise ProgramError(f"var_scope({leaf.name!r}) ends without having begun")
+        start = self._scopes.pop(leaf.name)
+        self._store(leaf.name, self.text[start:], {})
+
+    def _template(self):
+        template = self.backend.chat_template()
+        if template is None:
+            raise UnsupportedFeatureError("chat roles", self.backend.name, detail="the model has no chat template")
+        return template
+
+    def _history(self) -> list[dict[str, Any]]:
+        return [{"role": m["role"], "content": _text_content(m["content"])} for m in self.messages]
+
+
+def _text_content(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def _chunk_meta(meta: Any, logprobs_sent: int) -> tuple[dict, int]:
+    """The meta of one streamed piece: cumulative counts, but only the output logprobs new since the last piece
+    (those of held-back empty steps included); and how many output logprobs have now been handed out."""
+    out = dict(meta)
+    for key in ("output_token_logprobs", "output_top_logprobs"):
+        if out.get(key) is not None:
+            out[key] = list(out[key][logprobs_sent:])
+    return out, len(meta.get("output_token_logprobs") or ()) or logprobs_sent

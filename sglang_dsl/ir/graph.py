@@ -145,7 +145,8 @@ class Graph:
         """Raise `GraphError` unless: names are unique; placeholders come first, on the main stream, one per
         argument; every node is on an open stream (main, or a branch between its fork and the fork's join); every
         `Ref` names an earlier node that writes the variable read; roles do not nest and close the role open on
-        their stream; scopes close in order; each fork is joined at most once, from its own stream; a boundary
+        their stream (a branch starts in its parent's role); a scope ends only if it began on its stream; each
+        fork is joined at most once, from its own stream; a boundary
         is last and on the main stream; texts, gen parameters, constraints and join modes are well formed."""
         _Linter(self).run()
 
@@ -224,13 +225,13 @@ class _Linter:
         elif isinstance(node, ScopeBegin):
             scopes = (*scopes, node.var)
         elif isinstance(node, ScopeEnd):
-            if not scopes or scopes[-1] != node.var:
-                self.fail(node, f"closes scope {node.var!r}, which is not the innermost open scope")
-            scopes = scopes[:-1]
+            if node.var not in scopes:
+                self.fail(node, f"closes scope {node.var!r}, which is not open on this stream")
+            scopes = tuple(v for v in scopes if v != node.var)
         elif isinstance(node, Fork):
             self.forks[node.name] = node
             for branch in node.branches:
-                self.open[branch] = (role, scopes)
+                self.open[branch] = (role, ())
         elif isinstance(node, Join):
             fork = self.forks.pop(node.fork, None)
             if fork is None or fork.stream != node.stream:

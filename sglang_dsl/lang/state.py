@@ -162,6 +162,11 @@ class ProgramStateGroup:
     def __getitem__(self, index: int) -> ProgramState:
         return self.states[index]
 
+    def __setitem__(self, index: int, state: ProgramState) -> None:
+        """Completes ``forks[i] += expr`` (Python stores the result back); branches cannot be replaced."""
+        if state is not self.states[index]:
+            raise TypeError("fork branches cannot be replaced")
+
     def __len__(self) -> int:
         return len(self.states)
 

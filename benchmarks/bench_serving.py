@@ -135,7 +135,7 @@ def main() -> None:
                     timings, seconds = asyncio.run(run_workload(engine, workload, args.request_rate, args.seed,
                                                                 progress, f"{config} {name}"))
                     table.add_row(*summarize(config, name, timings, seconds))
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -71,9 +71,9 @@ def trace(function: Any, **kwargs: Any) -> Graph:
 
 
 class TracedValue(str):
-    """A run-time value seen at trace time: a string whose content is a marker for a `Ref`. Concatenation and
-    formatting keep the marker (so text built from it reads the value); every operation that inspects the value
-    raises `NeedsValue`."""
+    """A run-time string seen at trace time (a generated variable, an argument): a string whose content is a
+    marker for a `Ref`. Concatenation and formatting keep the marker (so text built from it reads the value);
+    every operation that inspects the value raises `NeedsValue`."""
 
     ref: Ref
 
@@ -91,8 +91,29 @@ class TracedValue(str):
         return str.__str__(self)
 
 
+class TracedList:
+    """A run-time list seen at trace time (a variable gathered by a join, a gen with ``n > 1``): ``str()`` and
+    f-strings give the marker of its `Ref`, as for `TracedValue`; any other use raises `NeedsValue`. Not a
+    string, so ``"text" + value`` fails as it does at run time."""
+
+    def __init__(self, marker: str, ref: Ref) -> None:
+        self.marker = marker
+        self.ref = ref
+
+    def __str__(self) -> str:
+        return self.marker
+
+    def __format__(self, spec: str) -> str:
+        if spec:
+            raise NeedsValue(f"format spec {spec!r}", (self.ref,))
+        return self.marker
+
+    def __getattr__(self, name: str) -> Any:
+        raise NeedsValue(f".{name}", (self.ref,))
+
+
 def _needs_value(operation: str) -> Callable[..., Any]:
-    def inspect(self: TracedValue, *args: Any, **kwargs: Any) -> Any:
+    def inspect(self: TracedValue | TracedList, *args: Any, **kwargs: Any) -> Any:
         raise NeedsValue(operation, (self.ref,))
 
     return inspect
@@ -107,9 +128,11 @@ _INSPECTING = {
 }
 for _name, _operation in _INSPECTING.items():
     setattr(TracedValue, _name, _needs_value(_operation))
+    setattr(TracedList, _name, _needs_value(_operation))
 for _name in dir(str):
     if not _name.startswith("_"):
         setattr(TracedValue, _name, _needs_value(f".{_name}()"))
+TracedList.__add__ = TracedList.__radd__ = _needs_value("+")  # type: ignore[attr-defined]
 
 
 class _Tracer:
@@ -120,16 +143,19 @@ class _Tracer:
         self.values: list[Ref] = []  # traced value i is the marker "\ue000{i}\ue001"
         self.read: dict[int, Ref] = {}  # values read from the state (s["x"]) that no node has used yet
 
-    def value(self, ref: Ref) -> TracedValue:
+    def value(self, ref: Ref, kind: type[TracedValue | TracedList] = TracedValue) -> TracedValue | TracedList:
         self.values.append(ref)
-        return TracedValue(f"\ue000{len(self.values) - 1}\ue001", ref)
+        return kind(f"\ue000{len(self.values) - 1}\ue001", ref)
 
     def placeholder(self, arg: str) -> TracedValue:
         node = self.graph.create(Placeholder, arg, arg=arg)
         return self.value(Ref(node.name, arg))
 
-    def variable(self, ref: Ref) -> TracedValue:
-        value = self.value(ref)
+    def variable(self, ref: Ref) -> TracedValue | TracedList:
+        """The value of a variable read from the state: a list if ``ref``'s producer makes one."""
+        producer = self.graph[ref.node]
+        listed = isinstance(producer, Join) or (isinstance(producer, Gen) and dict(producer.params).get("n", 1) > 1)
+        value = self.value(ref, TracedList if listed else TracedValue)
         self.read[len(self.values) - 1] = ref
         return value
 
@@ -258,7 +284,7 @@ class TracingState:
         self._tracer.append(self, value)
         return self
 
-    def __getitem__(self, name: str) -> TracedValue:
+    def __getitem__(self, name: str) -> TracedValue | TracedList:
         ref = self.vars.get(name)
         if ref is None:
             raise NeedsValue(f"s[{name!r}], a variable the traced program has not set")

@@ -32,7 +32,7 @@ def _graph(*nodes: Node) -> Graph:
      "stream is not open"),
     ((Fork(name="f", n=1), Join(name="j", fork="f", mode="gather_variable", stream="f.0")), "not an open fork"),
     ((Fork(name="f", n=1), Join(name="j", fork="f", mode="zip")), "unknown join mode"),
-    ((Fork(name="f", n=0),), "at least one branch"),
+    ((Fork(name="f", n=-1),), "negative number of branches"),
     ((Boundary(name="b", reason="r"), Text(name="a", parts=("x",))), "must be the last node"),
     ((Fork(name="f", n=1), Boundary(name="b", reason="r", stream="f.0")), "on the main stream"),
     ((RoleBegin(name="a", role="user"), RoleBegin(name="b", role="assistant")), "still open"),
@@ -98,6 +98,10 @@ def test_json_rejects_other_formats_and_unknown_kinds() -> None:
     good = json.loads(_graph(Text(name="0", parts=("x",))).to_json())
     with pytest.raises(GraphError, match="format"):
         Graph.from_json(json.dumps({**good, "format": 99}))
+    with pytest.raises(GraphError, match="'name'"):
+        Graph.from_json(json.dumps({"format": 1, "nodes": []}))
+    with pytest.raises(GraphError, match="must be an object"):
+        Graph.from_json(json.dumps({**good, "nodes": [3]}))
     with pytest.raises(GraphError, match="unknown node kind"):
         Graph.from_json(json.dumps({**good, "nodes": [{"op": "loop", "name": "0"}]}))
     with pytest.raises(GraphError, match="malformed text"):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sglang_dsl.ir import Boundary, Gen, Join, Placeholder, Ref, ScopeBegin, Text
+from sglang_dsl.ir import Boundary, Gen, Join, Ref, ScopeBegin, Text
 from sglang_dsl.ir.tracer import NeedsValue, TracingGroup, TracingState
 from sglang_dsl.lang.choices import ChoicesSamplingMethod
 from sglang_dsl.lang.function import function
@@ -74,6 +74,20 @@ def test_branches_read_inherited_and_own_variables_and_the_parent_reads_branches
     join = graph["join"]
     assert isinstance(join, Join) and join.vars == ("idea",)
     assert graph.nodes[-1].reads == (Ref("gen_idea", "idea"), Ref("join", "idea"))
+
+
+def test_copy_is_a_one_branch_fork_and_join() -> None:
+    @function
+    def draft(s):
+        s += "Draft:"
+        with s.copy() as scratch:
+            scratch += gen("note")
+        s += "Note: " + str(s["note"])
+
+    graph = draft.trace()
+    assert [(n.op, n.stream) for n in graph] == [
+        ("text", "main"), ("fork", "main"), ("gen", "fork.0"), ("join", "main"), ("text", "main")]
+    assert graph.nodes[-1].reads == (Ref("join", "note"),)
 
 
 def test_a_gathered_list_concatenated_to_text_ends_the_trace_like_eager_fails() -> None:

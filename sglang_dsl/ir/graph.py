@@ -207,8 +207,8 @@ class _Linter:
                 self.fail(node, "params must be sorted by key, without repeats")
             if node.constraint is not None and node.constraint.kind not in CONSTRAINT_KINDS:
                 self.fail(node, f"unknown constraint {node.constraint.kind!r}")
-        elif isinstance(node, Fork) and node.n < 1:
-            self.fail(node, "a fork needs at least one branch")
+        elif isinstance(node, Fork) and node.n < 0:
+            self.fail(node, "a fork cannot have a negative number of branches")
         elif isinstance(node, Join) and node.mode not in JOIN_MODES:
             self.fail(node, f"unknown join mode {node.mode!r}")
 

@@ -35,8 +35,10 @@ def to_dict(graph: Graph) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> Graph:
     """The inverse of `to_dict`; raises `GraphError` on anything malformed."""
-    if data.get("format") != FORMAT:
-        raise GraphError(f"unsupported graph format {data.get('format')!r} (expected {FORMAT})")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise GraphError(f"not a graph of format {FORMAT}: {data!r:.80}")
+    if not isinstance(data.get("name"), str) or not isinstance(data.get("nodes"), list):
+        raise GraphError("a graph needs a string 'name' and a list of 'nodes'")
     graph = Graph(data["name"], (_node_from_dict(raw) for raw in data["nodes"]))
     graph.lint()
     return graph
@@ -60,7 +62,9 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _node_from_dict(raw: dict[str, Any]) -> Node:
+def _node_from_dict(raw: Any) -> Node:
+    if not isinstance(raw, dict):
+        raise GraphError(f"a node must be an object, not {raw!r:.80}")
     raw = dict(raw)
     kind = NODE_KINDS.get(raw.pop("op", None))
     if kind is None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from types import CodeType, TracebackType
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from sglang_dsl.ir.graph import Graph
 from sglang_dsl.ir.nodes import (
-    JOIN_MODES, MAIN, Boundary, Constraint, Fork, Gen, Image, Join, Node, Placeholder, Ref, RoleBegin, RoleEnd, ScopeBegin,
-    ScopeEnd, Select, Text,
+    JOIN_MODES, MAIN, Boundary, Constraint, Fork, Gen, Image, Join, Node, Placeholder, Ref, RoleBegin, RoleEnd,
+    ScopeBegin, ScopeEnd, Select, Text,
 )
 from sglang_dsl.lang import exprs
 from sglang_dsl.lang.choices import (
@@ -211,9 +211,8 @@ class _Tracer:
                                          choices=leaf.choices, method=leaf.choices_method.name,
                                          temperature=leaf.temperature)
         if isinstance(leaf, exprs.Image):
-            if leaf.source.startswith("<"):
+            if leaf.source.startswith("<"):  # bytes or a PIL image (`sglang_dsl.lang.primitives.image`)
                 raise NeedsValue(f"image from a {leaf.source} value, not a file")
-            self.constant(leaf.source, "the image path")
             return lambda stream: create(Image, stream=stream, source=leaf.source)
         if isinstance(leaf, (exprs.RoleBegin, exprs.RoleEnd)):
             kind = RoleBegin if isinstance(leaf, exprs.RoleBegin) else RoleEnd

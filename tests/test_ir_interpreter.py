@@ -104,7 +104,6 @@ def test_fork_branches_match_eager_branches() -> None:
             branch += f"Idea {i}:" + gen("idea", max_tokens=8)
         forks.join()
         s += "Best:" + forks[1]["idea"] + "\nAll:" + str(s["idea"])
-        return forks
 
     graph = branches.trace()
     eager_state = branches.run(backend=EchoBackend(), topic="tea")

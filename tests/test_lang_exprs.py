@@ -87,3 +87,29 @@ def test_image_from_path_bytes_and_pil_like(tmp_path):
     assert sgl.image(png).data_url().startswith("data:image/png;base64,")
     with pytest.raises(ValueError, match="cannot read"):
         sgl.image(str(tmp_path / "missing.png"))
+
+
+def test_importing_the_language_loads_neither_torch_nor_the_runtime():
+    import subprocess
+    import sys
+
+    code = ("import sys, sglang_dsl as sgl; sgl.gen('x'); "
+            "print(sorted(m for m in ('torch', 'runtime', 'backends.local') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_default_backend_is_a_local_runtime_created_once(monkeypatch):
+    import backends.local
+    from sglang_dsl.lang import config
+
+    created = []
+
+    class FakeRuntime:
+        def __init__(self):
+            created.append(self)
+
+    monkeypatch.setattr(backends.local, "Runtime", FakeRuntime)
+    monkeypatch.setattr(sgl.global_config, "default_backend", None)
+    assert config.default_backend() is config.default_backend() is created[0]
+    assert len(created) == 1

@@ -282,8 +282,8 @@ class Executor:
         async for out in self.backend.stream(call):
             last = out
             piece = out.text[len(sent):]
-            if not piece and not out.finished:
-                continue  # hold back empty steps; their logprobs go with the next piece
+            if not piece:
+                continue  # an empty step: its logprobs go with the next piece
             meta, logprobs_sent = _chunk_meta(out.meta_info, logprobs_sent)
             sent = out.text
             with self.changed:

@@ -1,0 +1,408 @@
+"""Regex -> byte-level DFA.
+
+``interegular`` parses the regex into a pattern tree (after `normalize_regex` has checked and rewritten it). The
+automaton is built here, in three steps, each linear in the size of its output:
+
+1. **Character DFA.** The tree is turned into a Glushkov position automaton (one position per character-class
+   occurrence, bounded repetitions unrolled) and determinized by subset construction. Characters are grouped
+   into classes that every character set of the pattern treats alike (one class for "any character the pattern
+   does not name"), so a state has one transition per class instead of one per character.
+2. **Pruning.** States from which no accepting state can be reached are removed (a transition into one is no
+   transition at all), so every state that remains can still be completed to a match.
+3. **UTF-8 expansion.** Each character transition becomes byte transitions: ASCII characters are one byte; the
+   others are laid out over UTF-8 lead and continuation bytes through intermediate states that are shared
+   whenever they have the same transitions ("any continuation byte, then state s" exists once per s). Only
+   well-formed UTF-8 is accepted: no overlong forms, no surrogates, nothing above U+10FFFF.
+
+The result, `ByteDFA`, is a dense ``[S + 1, 256]`` table whose last row is the dead state.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from functools import cached_property
+
+import interegular
+import numpy as np
+from interegular import patterns as ip
+
+from sglang_dsl.compiler.errors import ConstraintError, RegexError
+from sglang_dsl.compiler.regex_syntax import normalize_regex
+
+MAX_DFA_STATES = 200_000
+_I, _S = ip.REFlags.CASE_INSENSITIVE, ip.REFlags.SINGLE_LINE
+_DOT_TYPE, _EMPTY_TYPE = type(ip._DOT), type(ip._EMPTY)
+_UTF8_LAYOUT = ((2, 0xC2, 0xDF, 0x1F, 6, 0x80), (3, 0xE0, 0xEF, 0x0F, 12, 0x800), (4, 0xF0, 0xF4, 0x07, 18, 0x10000))
+_VALIDITY_BOUNDS = (0xD800, 0xE000, 0x110000)
+
+
+@dataclass(frozen=True, eq=False)
+class ByteDFA:
+    """A deterministic automaton over bytes. ``transitions[s, b]`` is the state after byte ``b`` in state ``s``;
+    the last row, ``dead``, is the state of no return (every live state can still reach an accepting one)."""
+
+    transitions: np.ndarray  # int32 [S + 1, 256]
+    accepting: np.ndarray  # bool [S + 1]
+    initial: int
+
+    @property
+    def dead(self) -> int:
+        return self.transitions.shape[0] - 1
+
+    @property
+    def num_states(self) -> int:
+        """Live states (the dead state not counted)."""
+        return self.transitions.shape[0] - 1
+
+    def walk(self, state: int, data: bytes) -> int:
+        t, dead = self.transitions, self.dead
+        for b in data:
+            state = int(t[state, b])
+            if state == dead:
+                return dead
+        return state
+
+    def matches(self, data: bytes | str) -> bool:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return bool(self.accepting[self.walk(self.initial, data)])
+
+    @cached_property
+    def live_bytes(self) -> np.ndarray:
+        """``[S + 1]`` number of bytes that lead to a live state."""
+        return (self.transitions != self.dead).sum(axis=1)
+
+    @cached_property
+    def terminal(self) -> np.ndarray:
+        """``[S + 1]`` bool: accepting and nothing more can follow (the output is complete)."""
+        return self.accepting & (self.live_bytes == 0)
+
+    @cached_property
+    def forced_byte(self) -> np.ndarray:
+        """``[S + 1]`` int: the only byte a non-accepting state allows, or -1."""
+        single = (self.live_bytes == 1) & ~self.accepting
+        out = np.full(self.transitions.shape[0], -1, dtype=np.int64)
+        rows = np.nonzero(single)[0]
+        if rows.size:
+            out[rows] = np.argmax(self.transitions[rows] != self.dead, axis=1)
+        return out
+
+    def forced_bytes(self, state: int, limit: int = 4096) -> bytes:
+        """The bytes every match must continue with from ``state`` (empty if there is a choice or it may end)."""
+        out = bytearray()
+        forced = self.forced_byte
+        while len(out) < limit:
+            b = int(forced[state])
+            if b < 0:
+                break
+            out.append(b)
+            state = int(self.transitions[state, b])
+        return bytes(out)
+
+
+def regex_to_dfa(pattern: str) -> ByteDFA:
+    """Compile ``pattern`` (full-match semantics). Raises `RegexError` for a malformed or unsupported regex and
+    `ConstraintError` when it matches nothing or is too large."""
+    normalized = normalize_regex(pattern)
+    try:
+        tree = interegular.parse_pattern(normalized)
+    except (ip.Unsupported, ip.InvalidSyntax) as err:
+        raise RegexError(pattern, 0, f"cannot be parsed: {err or type(err).__name__}") from None
+    except RecursionError:
+        raise RegexError(pattern, 0, "nested too deeply") from None
+    chars = _CharDFA.from_tree(tree, pattern)
+    dfa = chars.to_bytes()
+    if dfa.initial == dfa.dead:
+        raise ConstraintError(f"regex {pattern!r} matches no string")
+    return dfa
+
+
+# ---- step 1: pattern tree -> character DFA ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CharSet:
+    chars: frozenset
+    negated: bool
+
+    def __contains__(self, char: str) -> bool:
+        return (char in self.chars) != self.negated
+
+
+class _Glushkov:
+    """Positions (character-set occurrences), their follow sets, and the pattern's first/last/nullable."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self.sets: list[_CharSet] = []
+        self.follow: list[set[int]] = []
+
+    def position(self, charset: _CharSet) -> tuple[bool, set[int], set[int]]:
+        p = len(self.sets)
+        self.sets.append(charset)
+        self.follow.append(set())
+        if len(self.sets) > MAX_DFA_STATES:
+            raise ConstraintError(f"regex is too large (more than {MAX_DFA_STATES} character positions)")
+        return False, {p}, {p}
+
+    def link(self, last: set[int], first: set[int]) -> None:
+        if first:
+            for p in last:
+                self.follow[p] |= first
+
+    def build(self, node, flags) -> tuple[bool, set[int], set[int]]:
+        if isinstance(node, ip.Pattern):
+            flags = (flags | node.added_flags) & ~node.removed_flags
+            nullable, first, last = False, set(), set()
+            for option in node.options:
+                n, f, l = self.build(option, flags)
+                nullable, first, last = nullable or n, first | f, last | l
+            return nullable, first, last
+        if isinstance(node, ip._Concatenation):
+            nullable, first, last = True, set(), set()
+            for part in node.parts:
+                if isinstance(part, ip._NonCapturing):
+                    raise RegexError(self.pattern, 0, "look-around is not supported")
+                n, f, l = self.build(part, flags)
+                self.link(last, f)
+                first = first | f if nullable else first
+                last = last | l if n else l
+                nullable = nullable and n
+            return nullable, first, last
+        if isinstance(node, ip._Repeated):
+            return self.repeat(node.base, node.min, node.max, flags)
+        if isinstance(node, ip._CharGroup):
+            chars = node.chars
+            if flags & _I:
+                chars = frozenset({*(c.lower() for c in chars), *(c.upper() for c in chars)})
+                chars = frozenset(c for c in chars if len(c) == 1)
+            return self.position(_CharSet(chars, node.negated))
+        if isinstance(node, _DOT_TYPE):
+            return self.position(_CharSet(frozenset() if flags & _S else frozenset("\n"), True))
+        if isinstance(node, _EMPTY_TYPE):
+            return True, set(), set()
+        raise RegexError(self.pattern, 0, f"unsupported construct {type(node).__name__}")
+
+    def repeat(self, base, low: int, high: int | None, flags) -> tuple[bool, set[int], set[int]]:
+        nullable, first, last = True, set(), set()
+        for _ in range(low):  # mandatory copies
+            n, f, l = self.build(base, flags)
+            self.link(last, f)
+            first = first | f if nullable else first
+            last = last | l if n else l
+            nullable = nullable and n
+        if high is None:  # then a star
+            n, f, l = self.build(base, flags)
+            self.link(l, f)
+            self.link(last, f)
+            first = first | f if nullable else first
+            return nullable, first, last | l
+        # then (high - low) nested optional copies: (x(x(x)?)?)?
+        tail_last: set[int] = set()
+        for _ in range(high - low):
+            n, f, l = self.build(base, flags)
+            self.link(last | tail_last, f)
+            first = first | f if nullable else first
+            tail_last |= l
+        return nullable, first, last | tail_last
+
+
+@dataclass
+class _CharDFA:
+    table: list[list[int]]  # [state][class] -> state, -1 for none
+    accepting: list[bool]
+    class_of: dict[str, int]  # named characters -> class; every other character is class `other`
+    other: int
+
+    @classmethod
+    def from_tree(cls, tree, pattern: str) -> "_CharDFA":
+        g = _Glushkov(pattern)
+        nullable, first, last = g.build(tree, ip.REFlags(0))
+        class_of, other, masks = _classes(g.sets)
+        num_classes = other + 1
+        start = frozenset({-1})
+        follow = g.follow
+        states: dict[frozenset, int] = {start: 0}
+        order = [start]
+        table: list[list[int]] = []
+        accepting: list[bool] = []
+        i = 0
+        while i < len(order):
+            current = order[i]
+            i += 1
+            if current is start:
+                candidates = first
+                accepting.append(nullable)
+            else:
+                candidates = set().union(*(follow[p] for p in current))
+                accepting.append(not current.isdisjoint(last))
+            row = [-1] * num_classes
+            cand = sorted(candidates)
+            cand_masks = [masks[p] for p in cand]
+            for c in range(num_classes):
+                bit = 1 << c
+                nxt = frozenset(p for p, m in zip(cand, cand_masks) if m & bit)
+                if not nxt:
+                    continue
+                target = states.get(nxt)
+                if target is None:
+                    target = states[nxt] = len(order)
+                    order.append(nxt)
+                    if len(order) > MAX_DFA_STATES:
+                        raise ConstraintError(f"regex is too large (more than {MAX_DFA_STATES} automaton states)")
+                row[c] = target
+            table.append(row)
+        return cls(table, accepting, class_of, other)._pruned()
+
+    def _pruned(self) -> "_CharDFA":
+        """Drop states that cannot reach an accepting state (and those no longer reachable), renumbered in
+        breadth-first order from the initial state 0."""
+        n = len(self.table)
+        reverse: list[list[int]] = [[] for _ in range(n)]
+        for s, row in enumerate(self.table):
+            for t in row:
+                if t >= 0:
+                    reverse[t].append(s)
+        live = [False] * n
+        stack = [s for s in range(n) if self.accepting[s]]
+        for s in stack:
+            live[s] = True
+        while stack:
+            for p in reverse[stack.pop()]:
+                if not live[p]:
+                    live[p] = True
+                    stack.append(p)
+        if not live[0]:
+            return _CharDFA([], [], self.class_of, self.other)
+        renumber = {0: 0}
+        order = [0]
+        for s in order:
+            for t in self.table[s]:
+                if t >= 0 and live[t] and t not in renumber:
+                    renumber[t] = len(order)
+                    order.append(t)
+        table = [[renumber[t] if t >= 0 and live[t] else -1 for t in self.table[s]] for s in order]
+        return _CharDFA(table, [self.accepting[s] for s in order], self.class_of, self.other)
+
+    # ---- step 3: UTF-8 expansion ------------------------------------------------------------------------------
+
+    def to_bytes(self) -> ByteDFA:
+        n = len(self.table)
+        if n == 0:
+            return ByteDFA(np.zeros((1, 256), dtype=np.int32), np.zeros(1, dtype=bool), 0)
+        named = sorted((ord(c), k) for c, k in self.class_of.items())
+        rows: list[dict[int, int]] = []  # byte transitions of intermediate states (index n + i)
+        interned: dict[tuple, int] = {}
+        DEAD = -1
+
+        def intern(children: tuple) -> int:
+            if all(t == DEAD for t in children):
+                return DEAD
+            state = interned.get(children)
+            if state is None:
+                state = interned[children] = n + len(rows)
+                rows.append({0x80 + c: t for c, t in enumerate(children) if t != DEAD})
+            return state
+
+        chains: dict[tuple[int, int], int] = {}
+
+        def chain(target: int, remaining: int) -> int:
+            if remaining == 0 or target == DEAD:
+                return target
+            key = (target, remaining)
+            state = chains.get(key)
+            if state is None:
+                state = chains[key] = intern((chain(target, remaining - 1),) * 64)
+            return state
+
+        table = np.full((n, 256), -1, dtype=np.int64)  # -1: no transition
+        accepting = list(self.accepting)
+        for s in range(n):
+            row = self.table[s]
+            default = row[self.other]
+            starts: list[int] = []
+            targets: list[int] = []
+
+            def put(start: int, target: int) -> None:
+                if not targets or targets[-1] != target:
+                    starts.append(start)
+                    targets.append(target)
+
+            position = 0
+            for cp, k in named:
+                if cp > position:
+                    put(position, default)
+                put(cp, row[k])
+                position = cp + 1
+            if position <= 0x10FFFF:
+                put(position, default)
+
+            def value(cp: int) -> int:
+                return targets[bisect_right(starts, cp) - 1]
+
+            def constant(lo: int, hi: int) -> int | None:
+                i = bisect_right(starts, lo) - 1
+                if i + 1 < len(starts) and starts[i + 1] <= hi:
+                    return None
+                return targets[i]
+
+            def node(lo: int, remaining: int, minimum: int) -> int:
+                hi = lo + (1 << (6 * remaining)) - 1
+                if hi < minimum or lo >= 0x110000 or (lo >= 0xD800 and hi < 0xE000):
+                    return DEAD
+                straddles = lo < minimum <= hi or any(lo < b <= hi for b in _VALIDITY_BOUNDS)
+                if not straddles:
+                    t = constant(lo, hi)
+                    if t is not None:
+                        return chain(t, remaining)
+                step = 1 << (6 * (remaining - 1))
+                return intern(tuple(node(lo + c * step, remaining - 1, minimum) for c in range(64)))
+
+            out = table[s]
+            for b in range(128):
+                t = value(b)
+                if t != DEAD:
+                    out[b] = t
+            for _, first_lead, last_lead, payload_mask, shift, minimum in _UTF8_LAYOUT:
+                for lead in range(first_lead, last_lead + 1):
+                    t = node((lead & payload_mask) << shift, shift // 6, minimum)
+                    if t != DEAD:
+                        out[lead] = t
+        total = n + len(rows)
+        full = np.full((total + 1, 256), total, dtype=np.int32)
+        full[:n] = np.where(table < 0, total, table)
+        for i, r in enumerate(rows):
+            for b, t in r.items():
+                full[n + i, b] = t
+        acc = np.zeros(total + 1, dtype=bool)
+        acc[:n] = accepting
+        return ByteDFA(full, acc, 0)
+
+
+def _classes(sets: list[_CharSet]) -> tuple[dict[str, int], int, list[int]]:
+    """Group characters that every set treats alike. Returns the class of each named character, the class of
+    all other characters, and per set (position) a bitmask of the classes it contains."""
+    distinct: dict[_CharSet, int] = {}
+    for s in sets:
+        distinct.setdefault(s, len(distinct))
+    signature: dict[str, int] = {}
+    for s, j in distinct.items():
+        bit = 1 << j
+        for c in s.chars:
+            signature[c] = signature.get(c, 0) | bit
+    class_ids: dict[int, int] = {}
+    class_of = {}
+    for c, sig in signature.items():
+        class_of[c] = class_ids.setdefault(sig, len(class_ids))
+    other = len(class_ids)
+    set_masks = {}
+    for s, j in distinct.items():
+        mask = 0
+        for sig, k in class_ids.items():
+            if ((sig >> j) & 1) != s.negated:
+                mask |= 1 << k
+        if s.negated:
+            mask |= 1 << other
+        set_masks[s] = mask
+    return class_of, other, [set_masks[s] for s in sets]

@@ -2,7 +2,8 @@
 
 ``sglang-dsl generate [--model MODEL] [--chat] PROMPT...`` continues prompts on a model (default: the embedded
 SmolLM2-135M-Instruct). ``sglang-dsl serve [--model MODEL] [--host H] [--port P] [--api-key K]`` serves a model
-over HTTP (SGLang's native API and the OpenAI API). Runtime modules are imported only by the commands that need
+over HTTP (SGLang's native API and the OpenAI API). ``sglang-dsl run FILE.py[:FUNC] [--arg NAME=VALUE ...]``
+runs a program on a local runtime and prints its variables. Runtime modules are imported only by the commands that need
 them, so the language package itself never imports torch."""
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
     _add_serve_parser(commands)
+    _add_run_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "run":
+        return _run(args)
     return _generate(args)
 
 
@@ -96,6 +100,69 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _add_run_parser(commands) -> None:
+    run = commands.add_parser("run", help="run an @function program on a local runtime and print its variables")
+    run.add_argument("program", metavar="FILE.py[:FUNC]", help="the program (FUNC: needed if the file has several)")
+    run.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                     help="a program argument (JSON values are parsed: 3, true, [1,2]; others are strings)")
+    run.add_argument("--model", default="smollm2-135m", help="alias, Hugging Face directory, or .gguf file")
+    run.add_argument("--device", default="auto")
+    run.add_argument("--dtype", default="auto")
+    run.add_argument("--temperature", type=float, default=None, help="the program's default temperature")
+    run.add_argument("--max-new-tokens", type=int, default=None, help="the program's default token budget")
+    run.add_argument("--text", action="store_true", help="also print the program's whole text")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from sglang_dsl.lang.errors import ProgramError
+    from sglang_dsl.lang.program_file import ProgramFileError, load_program, parse_arguments
+
+    console = Console()
+    try:
+        program = load_program(args.program)
+        arguments = parse_arguments(args.arg)
+    except ProgramFileError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
+        return 2
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("max_new_tokens", args.max_new_tokens))
+                if v is not None}
+    try:
+        from backends.local import Runtime
+        from runtime.errors import ModelLoadError
+
+        runtime = Runtime(model=args.model, device=args.device, dtype=args.dtype)
+    except (ModelLoadError, ValueError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
+        return 2
+    try:
+        state = program.run(**arguments, **sampling, backend=runtime)
+    except (ProgramError, TypeError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
+        return 1
+    finally:
+        runtime.shutdown()
+    _print_state(console, program.name, state, args.text)
+    return 0
+
+
+def _print_state(console, name: str, state, with_text: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{name}: variables", show_lines=True)
+    table.add_column("name", style="bold")
+    table.add_column("value")
+    for key, value in state.variables().items():
+        table.add_row(Text(key), Text(value if isinstance(value, str) else repr(value)))
+    console.print(table)
+    if with_text:
+        console.rule("text")
+        console.print(state.text(), markup=False, highlight=False)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -277,6 +277,18 @@ def test_streaming_pieces_join_up_to_the_text():
     assert all(len(meta["output_token_logprobs"]) == len(piece) for piece, meta in items)
 
 
+def test_reading_a_streamed_run_waits_for_variables_the_body_has_not_appended_yet():
+    @sgl.function
+    def slow_body(s):
+        time.sleep(0.3)
+        s += sgl.gen("late")
+
+    state = slow_body.run(stream=True, backend=Scripted())
+    assert state["late"] == "<late>"
+    with pytest.raises(KeyError, match="never"):
+        state["never"]
+
+
 def test_text_iter_without_streaming_gives_everything_at_once(backend):
     @sgl.function
     def prog(s):

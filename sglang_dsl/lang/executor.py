@@ -29,7 +29,7 @@ from sglang_dsl.lang.params import SamplingParams
 from sglang_dsl.lang.roles import turn_closing, turn_opening
 
 if TYPE_CHECKING:
-    from backends.base import Backend, Generation
+    from backends.base import Backend
 
 StreamChunk = tuple[str, dict]
 
@@ -39,7 +39,7 @@ class Executor:
 
     Public fields (read them under ``changed``): ``text``, ``messages`` (OpenAI format), ``variables``,
     ``meta_info``, ``images``, ``streams`` (per variable, the ``(chunk, meta)`` pieces of a streamed gen),
-    ``error``."""
+    ``error``; ``body_thread`` is the thread running the program's body."""
 
     def __init__(self, program: str, backend: "Backend", defaults: SamplingParams, *, stream: bool = False,
                  extra_sampling: dict[str, Any] | None = None, branch: str = ""):
@@ -58,6 +58,7 @@ class Executor:
         self.fork_start = 0
         self.children: list[Executor] = []
         self.before_first_request: Callable[[], None] | None = None
+        self.body_thread: threading.Thread | None = None
         self._role: str | None = None
         self._role_start = 0
         self._turn_images: list[Image] = []
@@ -84,16 +85,15 @@ class Executor:
                 self._task = loop.spawn(self._drain())
 
     def sync(self) -> None:
-        """Wait until everything submitted so far ran; raise the error if something failed."""
-        with self.changed:
-            self.changed.wait_for(self.idle)
-            if self.error is not None:
-                raise self.error
+        """Wait until everything submitted so far ran (outside the body: until the body ended, too); raise the
+        error if something failed."""
+        if self.wait() is not None:
+            raise self.error
 
     def wait(self) -> BaseException | None:
         """Like `sync`, but return the error instead of raising it."""
         with self.changed:
-            self.changed.wait_for(self.idle)
+            self.changed.wait_for(lambda: self.idle() and (self.ended or self._in_body()))
             return self.error
 
     def idle(self) -> bool:
@@ -105,9 +105,10 @@ class Executor:
         return self.error is not None or (self.ended and self._done >= self._submitted)
 
     def get(self, name: str, table: str = "variables") -> Any:
-        """Wait for variable ``name`` (or its entry in ``meta_info``) and return it."""
+        """Wait for variable ``name`` (or its entry in ``meta_info``) and return it. Outside the program's body
+        (e.g. reading a streamed run), a variable not appended yet is waited for until the body ends."""
         with self.changed:
-            self.changed.wait_for(lambda: self._writes[name] == 0 or self.error is not None)
+            self.changed.wait_for(lambda: self._readable(name, table))
             values = getattr(self, table)
             if self._writes[name] == 0 and name in values:
                 return values[name]
@@ -115,6 +116,17 @@ class Executor:
                 raise self.error
             known = ", ".join(sorted(map(repr, self.variables))) or "none"
             raise KeyError(f"program {self.program!r} has no variable {name!r} (variables: {known})")
+
+    def _readable(self, name: str, table: str) -> bool:
+        if self.error is not None:
+            return True
+        if self._writes[name]:
+            return False
+        return name in getattr(self, table) or self.ended or self._in_body()
+
+    def _in_body(self) -> bool:
+        """Called from the program's body (or from a state no body drives): do not wait for the body to end."""
+        return self.body_thread is None or threading.current_thread() is self.body_thread
 
     def settled(self, name: str) -> bool:
         """No write of ``name`` is queued or running. Call under ``changed``."""
@@ -171,6 +183,7 @@ class Executor:
         child.variables, child.images = dict(self.variables), list(self.images)
         child._role, child._role_start, child._turn_images = self._role, self._role_start, list(self._turn_images)
         child.fork_start = len(self.text)
+        child.body_thread = self.body_thread
         return child
 
     # ---- the interpreter loop's side --------------------------------------------------------------------

@@ -154,6 +154,7 @@ class SglFunction:
         raises, its queued work is cancelled and the exception propagates unchanged."""
         state = self._new_state(defaults, backend, stream=False)
         state._ex.before_first_request = before_first_request
+        state._ex.body_thread = threading.current_thread()
         try:
             self.func(state, **arguments)
         except BaseException as err:
@@ -175,7 +176,9 @@ class SglFunction:
                 state._ex.abort(err)
             state._ex.end()
 
-        threading.Thread(target=body, name=f"sglang-dsl-{self.name}", daemon=True).start()
+        thread = threading.Thread(target=body, name=f"sglang-dsl-{self.name}", daemon=True)
+        state._ex.body_thread = thread
+        thread.start()
         return state
 
     def _new_state(self, defaults: SamplingParams, backend: "Backend | None", stream: bool) -> ProgramState:

@@ -39,7 +39,3 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()
         raise RuntimeError("a program state was used from inside the interpreter loop; call it from program code")
     return spawn(coro).result()
-
-
-def in_loop_thread() -> bool:
-    return threading.current_thread() is _thread

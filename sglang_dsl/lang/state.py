@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from sglang_dsl.lang.executor import Executor
 from sglang_dsl.lang.exprs import ExprLike, ExprList, Text, VarScopeBegin, VarScopeEnd, as_expr
@@ -44,13 +44,13 @@ class ProgramState:
 
     def _role(self, make: Callable[[Any], ExprList], expr: ExprLike | None):
         if expr is None:
-            return self._turn(make(None).items)
+            return self._turn(make(None))
         self += make(expr)
         return ExprList(())  # so that ``s += s.user(x)`` appends the turn once, not twice
 
     @contextlib.contextmanager
-    def _turn(self, begin_end: Sequence[Any]) -> Iterator[None]:
-        begin, end = begin_end
+    def _turn(self, turn: ExprList) -> Iterator[None]:
+        begin, end = turn.items
         self += begin
         yield
         self += end

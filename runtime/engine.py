@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from runtime.args import RuntimeArgs
+from runtime.constraint import ConstraintManager
 from runtime.metrics import EngineMetrics
 from runtime.model_runner import ModelRunner
 from runtime.req import Req
@@ -43,6 +44,8 @@ class Engine:
         self.context_length = self.runner.context_length
         self.metrics = EngineMetrics()
         self.scheduler = Scheduler(self.runner, self.tokenizer.eos_token_ids, self.args, self.metrics)
+        self.constraints = ConstraintManager(self.tokenizer)  # regex / json_schema / ebnf sampling params
+        self.scheduler.jump_forward = self.constraints.jump_forward
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sglang-dsl-scheduler", daemon=True)
@@ -67,8 +70,7 @@ class Engine:
         """A validated request; ``InvalidRequestError`` names what is wrong."""
         ids = self._prompt_ids(text, input_ids)
         sampling = sampling_params if isinstance(sampling_params, SamplingParams) else SamplingParams.from_dict(sampling_params)
-        if sampling.regex or sampling.json_schema or sampling.ebnf:
-            raise InvalidRequestError("constrained decoding (regex, json_schema, ebnf) is not supported yet")
+        self.constraints.spec_of(sampling)  # a bad regex, schema or grammar is refused here
         if not -1 <= logprob_start_len <= len(ids) - 1:
             raise InvalidRequestError(f"logprob_start_len must be -1 or a prompt position (0..{len(ids) - 1}), got {logprob_start_len}")
         if top_logprobs_num < 0:
@@ -100,6 +102,10 @@ class Engine:
         """Queue a request; ``emit`` is called from the scheduler thread with each output (only the final one
         unless ``request.stream``)."""
         req = Req(request, self.tokenizer, emit)
+        spec = self.constraints.spec_of(request.sampling)
+        if spec is not None:  # compiled off the scheduler thread; the request is queued once it is ready
+            req.constraint_future = self.constraints.compile(spec)
+            req.constraint_future.add_done_callback(lambda _: self._inbox.put(self.scheduler.promote_compiled))
         self._inbox.put(lambda: self.scheduler.add(req))
 
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
@@ -183,6 +189,7 @@ class Engine:
     def shutdown(self) -> None:
         self._stopping.set()
         self._thread.join()
+        self.constraints.shutdown()
 
     def __enter__(self) -> "Engine":
         return self

@@ -45,6 +45,9 @@ class Req:
     output_top_logprobs: list[tuple[LogprobEntry, ...]] = field(default_factory=list)
     input_logprobs: list[LogprobEntry] | None = None
     input_top_logprobs: list[tuple[LogprobEntry, ...] | None] | None = None
+    # constrained decoding (runtime/constraint.py): the compile in flight, then the request's matcher state
+    constraint_future: Any = None
+    constraint: Any = None
 
     def __post_init__(self) -> None:
         sampling = self.request.sampling

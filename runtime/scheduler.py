@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.args import RuntimeArgs
+from runtime.constraint import RequestConstraint, apply_constraint_masks
 from runtime.forward_batch import ForwardBatch
 from runtime.model_runner import ModelRunner
 from runtime.radix_cache import RadixCache
@@ -55,6 +56,7 @@ class Scheduler:
         self.runner, self.args, self.metrics = runner, args, metrics
         self.cache = RadixCache(runner.allocator, disable=args.disable_radix_cache)
         self.eos_token_ids = eos_token_ids
+        self.pending: list[Req] = []  # waiting for their constraint to compile (not yet schedulable)
         self.waiting: list[Req] = []
         self.prefilling: list[Req] = []  # admitted, prompt not fully in the KV cache yet
         self.running: list[Req] = []  # decoding
@@ -62,14 +64,52 @@ class Scheduler:
         self.generator = torch.Generator(runner.device).manual_seed(args.seed)  # randomness of unseeded requests
         self.prompt_tokens_seen = 0
         self.cached_tokens_seen = 0
+        self.jump_forward = True  # constrained requests append forced text in one extend step
 
     # ---- public -------------------------------------------------------------------------------------------
 
     def add(self, req: Req) -> None:
+        if req.constraint_future is not None and not req.constraint_future.done():
+            self.pending.append(req)  # `promote_compiled` queues it once its constraint is compiled
+            return
+        self._enqueue(req)
+
+    # ---- constrained decoding (runtime/constraint.py) -------------------------------------------------------
+
+    def promote_compiled(self) -> None:
+        """Queue the pending requests whose constraint has compiled (or fail those whose compile failed)."""
+        for req in [r for r in self.pending if r.constraint_future.done()]:
+            self.pending.remove(req)
+            self._enqueue(req)
+
+    def _enqueue(self, req: Req) -> None:
+        if req.constraint_future is not None and req.constraint is None:
+            try:
+                matcher = req.constraint_future.result()
+            except Exception as err:
+                return self._finish(req, FinishReason("abort", message=f"constraint cannot be compiled: {err}"))
+            jump = self.jump_forward and not req.request.logprobs.return_logprob
+            req.constraint = RequestConstraint(matcher, req.request.sampling, jump)
         self.waiting.append(req)
 
+    def _constrained_tokens(self, req: Req, token: int) -> list[int]:
+        """The sampled token, or it and the text the constraint forces after it (jump-forward), as tokens that fit
+        in max_new_tokens, the context and free KV memory."""
+        room = min(req.remaining_new_tokens, self.runner.context_length - 1 - req.kv_len)
+        if req.constraint.jump_forward and room > 1:
+            free = self._free_room() - self._reserved(self.running + self.prefilling)
+            room = min(room, max(1, int(free) - self.runner.allocator.page_size))
+        return req.constraint.expand(token, req.tokenizer, room)
+
+    def _extend_forced(self, req: Req) -> None:
+        """A request that got jump-forward tokens computes their KV in one extend step, like a prompt chunk."""
+        self.running.remove(req)
+        self.prefilling.insert(0, req)
+
+    # ---- public (continued) ---------------------------------------------------------------------------------
+
     def abort(self, rid: str) -> bool:
-        for queue in (self.waiting, self.prefilling, self.running):
+        for queue in (self.pending, self.waiting, self.prefilling, self.running):
             for req in queue:
                 if req.rid == rid:
                     queue.remove(req)
@@ -79,7 +119,7 @@ class Scheduler:
 
     def abort_all(self, message: str) -> None:
         """End every request with an ``abort`` carrying ``message``, releasing what each holds."""
-        for queue in (self.waiting, self.prefilling, self.running):
+        for queue in (self.pending, self.waiting, self.prefilling, self.running):
             while queue:
                 req = queue.pop()
                 try:
@@ -286,7 +326,9 @@ class Scheduler:
     def _sample_and_append(self, reqs: list[Req], logits: torch.Tensor) -> None:
         params = [r.request.sampling for r in reqs]
         batch = SamplingBatch.build(params, self.runner.device, generator=self.generator)
-        tokens = sample(logits, batch, [r.output_ids for r in reqs], [r.input_ids for r in reqs],
+        constraints = [r.constraint for r in reqs]
+        masked = apply_constraint_masks(logits, constraints) if any(constraints) else logits
+        tokens = sample(masked, batch, [r.output_ids for r in reqs], [r.input_ids for r in reqs],
                         self.eos_token_ids).tolist()
         want = [i for i, r in enumerate(reqs) if r.request.logprobs.return_logprob]
         if want:
@@ -311,18 +353,25 @@ class Scheduler:
         req.last_token_time = now
         if token in sampling.stop_token_ids or (token in self.eos_token_ids and not sampling.ignore_eos):
             return self._finish_running(req, FinishReason("stop", matched=token))
-        req.output_ids.append(token)
-        piece = req.detokenizer.feed(token)
-        if req.stop_matcher is not None:
-            hit = req.stop_matcher.feed(piece)
-            if hit is not None:
-                req.text = req.stop_matcher.text[: hit.end if sampling.no_stop_trim else hit.keep]
-                return self._finish_running(req, FinishReason("stop", matched=hit.stop))
-        req.text += piece
-        if len(req.output_ids) >= sampling.max_new_tokens:
-            return self._finish_running(req, FinishReason("length"))
+        tokens = [token] if req.constraint is None else self._constrained_tokens(req, token)
+        for token in tokens:
+            req.output_ids.append(token)
+            piece = req.detokenizer.feed(token)
+            if req.stop_matcher is not None:
+                hit = req.stop_matcher.feed(piece)
+                if hit is not None:
+                    req.text = req.stop_matcher.text[: hit.end if sampling.no_stop_trim else hit.keep]
+                    return self._finish_running(req, FinishReason("stop", matched=hit.stop))
+            req.text += piece
+            if len(req.output_ids) >= sampling.max_new_tokens:
+                return self._finish_running(req, FinishReason("length"))
         if req.kv_len + 1 >= self.runner.context_length:
             return self._finish_running(req, FinishReason("length"))
+        if req.constraint is not None:
+            if req.constraint.terminal:  # the constraint is complete: nothing else may follow
+                return self._finish_running(req, FinishReason("stop", matched=None))
+            if len(tokens) > 1:
+                self._extend_forced(req)
         if req.request.stream:
             req.emit()
 

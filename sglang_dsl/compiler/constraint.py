@@ -1,0 +1,207 @@
+"""Constraints as the runtime receives them (``regex``, ``json_schema``, ``ebnf``), checked cheaply up front and
+compiled to matchers against a vocabulary, with a memory cache and a disk cache keyed by (constraint, tokenizer).
+
+    spec = ConstraintSpec.from_params(regex=r"[0-9]+")
+    check_constraint(spec)                       # fast: raises ConstraintError with a caret / JSON path
+    compiler = ConstraintCompiler(Vocabulary.from_tokenizer(tokenizer), cache_dir="~/.cache/...")
+    matcher = compiler.compile(spec)             # slow the first time (DFA + token index), then cached
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sglang_dsl.compiler.automaton import ByteDFA, regex_to_dfa
+from sglang_dsl.compiler.errors import ConstraintError
+from sglang_dsl.compiler.matcher import Matcher, RegexMatcher
+from sglang_dsl.compiler.regex_syntax import normalize_regex
+from sglang_dsl.compiler.token_index import TokenIndex
+from sglang_dsl.compiler.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+COMPILER_VERSION = "1"  # bump when compiled artifacts change meaning (invalidates the disk cache)
+KINDS = ("regex", "json_schema", "ebnf")
+
+
+def default_cache_dir() -> Path:
+    """``$SGLANG_DSL_CONSTRAINT_CACHE`` if set, else ``~/.cache/sglang-dsl/constraints``."""
+    env = os.environ.get("SGLANG_DSL_CONSTRAINT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sglang-dsl" / "constraints"
+
+
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """One constraint: ``kind`` is ``regex``, ``json_schema`` (JSON text) or ``ebnf`` (lark EBNF or GBNF)."""
+
+    kind: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"constraint kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not isinstance(self.source, str):
+            raise TypeError(f"a {self.kind} constraint must be text, got {type(self.source).__name__}")
+
+    @classmethod
+    def from_params(cls, regex: str | None = None, json_schema: Any = None, ebnf: str | None = None
+                    ) -> "ConstraintSpec | None":
+        """The spec of sampling parameters (at most one set), or None."""
+        given = [(k, v) for k, v in (("regex", regex), ("json_schema", json_schema), ("ebnf", ebnf)) if v]
+        if not given:
+            return None
+        if len(given) > 1:
+            raise ConstraintError(f"at most one of regex, json_schema and ebnf may be set, got "
+                                  f"{', '.join(k for k, _ in given)}")
+        kind, value = given[0]
+        if kind == "json_schema" and not isinstance(value, str):
+            from sglang_dsl.compiler.json_schema import schema_to_json_text
+
+            value = schema_to_json_text(value)
+        return cls(kind, value)
+
+    @property
+    def description(self) -> str:
+        text = self.source if len(self.source) <= 60 else self.source[:57] + "..."
+        return f"{self.kind} {text!r}"
+
+
+def constraint_regex(spec: ConstraintSpec) -> str:
+    """The regex a ``regex`` or ``json_schema`` spec compiles to."""
+    if spec.kind == "regex":
+        return spec.source
+    if spec.kind == "json_schema":
+        from sglang_dsl.compiler.json_schema import json_schema_to_regex
+
+        return json_schema_to_regex(spec.source)
+    raise ValueError(f"a {spec.kind} constraint is not a regex")
+
+
+def check_constraint(spec: ConstraintSpec) -> None:
+    """Fast checks (milliseconds) that catch malformed and unsupported constraints before any compiling: regex
+    syntax and features, schema keywords, grammar syntax. Raises `ConstraintError`."""
+    if spec.kind == "ebnf":
+        from sglang_dsl.compiler.grammar import check_grammar
+
+        check_grammar(spec.source)
+        return
+    pattern = constraint_regex(spec)
+    normalized = normalize_regex(pattern)
+    import interegular
+    from interegular import patterns
+
+    try:
+        interegular.parse_pattern(normalized)
+    except (patterns.Unsupported, patterns.InvalidSyntax) as err:
+        from sglang_dsl.compiler.errors import RegexError
+
+        raise RegexError(pattern, 0, f"cannot be parsed: {err or type(err).__name__}") from None
+
+
+def compile_constraint(spec: ConstraintSpec, vocab: Vocabulary) -> Matcher:
+    """Compile ``spec`` against ``vocab`` (no caching)."""
+    if spec.kind == "ebnf":
+        from sglang_dsl.compiler.grammar import compile_grammar
+
+        return compile_grammar(spec.source, vocab)
+    return RegexMatcher(TokenIndex.build(regex_to_dfa(constraint_regex(spec)), vocab))
+
+
+class ConstraintCompiler:
+    """Compiles constraints against one vocabulary, caching matchers in memory (most recently used
+    ``memory_items``) and, for regex-based ones, on disk under ``cache_dir`` (None: no disk cache). Thread-safe;
+    two threads compiling the same spec at once both compile (the runtime deduplicates in-flight compiles)."""
+
+    def __init__(self, vocab: Vocabulary, cache_dir: str | os.PathLike | None = None, memory_items: int = 256):
+        self.vocab = vocab
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.memory_items = memory_items
+        self._memory: OrderedDict[str, Matcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = {"memory_hits": 0, "disk_hits": 0, "compiled": 0}
+
+    def key(self, spec: ConstraintSpec) -> str:
+        h = hashlib.sha256()
+        for part in (COMPILER_VERSION, spec.kind, spec.source, self.vocab.fingerprint):
+            h.update(part.encode("utf-8"))
+            h.update(b"\0")
+        return h.hexdigest()[:40]
+
+    def cached(self, spec: ConstraintSpec) -> Matcher | None:
+        """The matcher if it is in the memory cache (no disk access, no compiling)."""
+        key = self.key(spec)
+        with self._lock:
+            matcher = self._memory.get(key)
+            if matcher is not None:
+                self._memory.move_to_end(key)
+                self.stats["memory_hits"] += 1
+            return matcher
+
+    def compile(self, spec: ConstraintSpec) -> Matcher:
+        matcher = self.cached(spec)
+        if matcher is not None:
+            return matcher
+        key = self.key(spec)
+        matcher = self._load(key) if spec.kind != "ebnf" else None
+        if matcher is not None:
+            self.stats["disk_hits"] += 1
+        else:
+            started = time.perf_counter()
+            matcher = compile_constraint(spec, self.vocab)
+            self.stats["compiled"] += 1
+            log.debug("compiled %s in %.3f s", spec.description, time.perf_counter() - started)
+            if isinstance(matcher, RegexMatcher):
+                self._store(key, spec, matcher)
+        with self._lock:
+            self._memory[key] = matcher
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.memory_items:
+                self._memory.popitem(last=False)
+        return matcher
+
+    # ---- disk -------------------------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"{key}.npz"
+
+    def _load(self, key: str) -> Matcher | None:
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                dfa = ByteDFA(data["transitions"], data["accepting"], int(data["initial"]))
+                index = TokenIndex(dfa, self.vocab, data["masks"].copy(), data["ready"].copy())
+            if index.masks.shape[1] != (self.vocab.size + 31) // 32:
+                return None
+            return RegexMatcher(index)
+        except Exception as err:  # a damaged cache entry is recompiled
+            log.warning("ignoring unreadable constraint cache entry %s: %s", path, err)
+            return None
+
+    def _store(self, key: str, spec: ConstraintSpec, matcher: RegexMatcher) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        index = matcher.index
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                np.savez(f, transitions=index.dfa.transitions, accepting=index.dfa.accepting,
+                         initial=np.int64(index.dfa.initial), masks=index.masks, ready=index.ready,
+                         spec=np.frombuffer(json.dumps([spec.kind, spec.source]).encode(), dtype=np.uint8))
+            os.replace(f.name, path)
+        except OSError as err:
+            log.warning("cannot write the constraint cache entry %s: %s", path, err)

@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/sglang-dsl generate --chat "What is the capital of France?" "Write a haiku about the sea."
+	$(BIN)/python examples/quickstart.py
 
 test: install
 	$(BIN)/python -m pytest -q

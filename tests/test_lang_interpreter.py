@@ -248,6 +248,19 @@ def test_a_body_exception_propagates_unchanged_and_cancels_queued_work():
     assert len(backend.calls) <= 1
 
 
+def test_a_variable_can_be_read_before_the_rest_of_its_expression_ran():
+    backend = Scripted(delay=0.4)
+
+    @sgl.function
+    def prog(s):
+        s += sgl.gen("a") + sgl.gen("b") + sgl.gen("c")
+        start = time.perf_counter()
+        s["a"]
+        s["elapsed"] = time.perf_counter() - start
+
+    assert prog.run(backend=backend)["elapsed"] < 0.7
+
+
 def test_unknown_variable_is_a_key_error(backend):
     @sgl.function
     def prog(s):

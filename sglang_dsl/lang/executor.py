@@ -4,7 +4,7 @@ A program body runs in the caller's thread and only appends (`Executor.submit`);
 one after another as a coroutine on the interpreter loop (`sglang_dsl.lang.loop`), started when work arrives
 and finished when the queue is empty. Readers block on a condition until what they need is written:
 
-- ``s["x"]`` waits for every submitted write of ``x`` (`Executor.get`), not for the rest of the program;
+- ``s["x"]`` waits for every submitted write of ``x`` (`Executor.get`), not for anything else;
 - `Executor.sync` waits for everything submitted so far.
 
 The first failure is kept: queued work is dropped, waiters wake up and raise it (a `ProgramError` naming the
@@ -212,7 +212,6 @@ class Executor:
                 if self._queue and self._queue[0] is expr:
                     self._queue.popleft()
                 self._done += 1
-                self._writes.subtract(written_variables(expr))
                 self.changed.notify_all()
 
     def _located(self, err: Exception, node: str | None) -> ProgramError:
@@ -247,11 +246,14 @@ class Executor:
             self.changed.notify_all()
 
     def _store(self, name: str | None, value: Any, meta: Any) -> None:
+        """Write a variable; a reader waiting for this write (and no later one) wakes up."""
         if name is None:
             return
         with self.changed:
             self.variables[name] = value
             self.meta_info[name] = meta
+            self._writes[name] -= 1
+            self.changed.notify_all()
 
     def _prompt(self):
         from backends.base import Prompt

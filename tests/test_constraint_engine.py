@@ -198,6 +198,39 @@ def test_jump_forward_appends_forced_text_in_one_extend_step(engine):
     assert steps[True] * 2 < steps[False], steps
 
 
+TICKET = {
+    "type": "object", "additionalProperties": False, "required": ["title", "priority", "labels", "estimate"],
+    "properties": {
+        "title": {"type": "string", "minLength": 1, "maxLength": 12},
+        "priority": {"enum": ["low", "medium", "high"]},
+        "labels": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3},
+        "estimate": {"type": "integer", "minimum": 1, "maximum": 40},
+        "owner": {"type": ["string", "null"], "format": "date"},
+    },
+}
+
+
+def test_json_schema_outputs_validate(engine):
+    import json
+
+    import jsonschema
+
+    outs = engine.generate(["ticket:"] * 8, {**SAMPLE, "max_new_tokens": 200, "json_schema": json.dumps(TICKET)})
+    for out in outs:
+        assert out.finish.type == "stop", out
+        jsonschema.validate(json.loads(out.text), TICKET)
+
+
+@pytest.mark.parametrize("schema, message", [
+    ({"type": "object", "properties": {"a": {"type": "string", "format": "ipv6"}}}, "#/properties/a/format"),
+    ({"type": "object", "patternProperties": {"x": {}}}, "#/patternProperties"),
+    ({"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}, "recursive"),
+])
+def test_bad_schemas_are_refused_with_their_json_path(engine, schema, message):
+    with pytest.raises(InvalidRequestError, match=re.escape(message)):
+        engine.make_request(text="hi", sampling_params={"json_schema": schema})
+
+
 def test_word_level_tokenizers_cannot_be_constrained(tmp_path):
     from tiny_models import write_word_tokenizer
 
@@ -224,6 +257,30 @@ def smollm2(smollm2_source, tmp_path_factory):
 
 def chat(engine, question: str) -> str:
     return engine.tokenizer.apply_chat_template([{"role": "user", "content": question}])
+
+
+@pytest.mark.slow
+def test_smollm2_json_from_a_pydantic_model_always_parses(smollm2):
+    from typing import Literal, Optional
+
+    import pydantic
+
+    class Character(pydantic.BaseModel):
+        name: pydantic.constr(min_length=1, max_length=16)
+        age: pydantic.conint(ge=0, le=120)
+        role: Literal["wizard", "warrior", "thief"]
+        weapon: Optional[pydantic.constr(max_length=12)]
+        skills: pydantic.conlist(pydantic.constr(min_length=1, max_length=10), min_length=1, max_length=3)
+        alive: bool
+
+    from sglang_dsl.compiler.json_schema import schema_to_json_text
+
+    prompt = chat(smollm2, "Describe a fantasy character as JSON with name, age, role, weapon, skills and alive.")
+    outs = smollm2.generate([prompt] * 12, {"temperature": 1.0, "max_new_tokens": 256,
+                                            "json_schema": schema_to_json_text(Character)})
+    for out in outs:
+        assert out.finish.type == "stop", out
+        Character.model_validate_json(out.text)
 
 
 @pytest.mark.slow

@@ -172,29 +172,59 @@ def test_compiles_are_cached_in_memory_and_on_disk(engine, tmp_path):
     assert ConstraintCompiler(other_vocab, compiler.cache_dir).key(spec) != compiler.key(spec)
 
 
-def test_jump_forward_appends_forced_text_in_one_extend_step(engine):
-    pattern = (r'\{"customer_identifier": "[a-z]{3}", "shipping_destination_country": "(France|Germany)", '
-               r'"requires_signature_on_delivery": (true|false)\}')
-    steps = {}
-    texts = {}
+LONG_KEYS = {
+    "type": "object", "additionalProperties": False,
+    "required": ["customer_identifier", "shipping_destination_country", "requires_signature_on_delivery",
+                 "number_of_packages_in_this_shipment"],
+    "properties": {
+        "customer_identifier": {"type": "string", "pattern": "^[a-z]{3}$"},
+        "shipping_destination_country": {"enum": ["France", "Germany", "Luxembourg"]},
+        "requires_signature_on_delivery": {"type": "boolean"},
+        "number_of_packages_in_this_shipment": {"type": "integer", "minimum": 1, "maximum": 9},
+    },
+}
+
+
+def count_steps(engine, prompt: str, params: dict, jump: bool):
+    """Scheduler steps (forward passes) to finish one request, and its output."""
+    counter = [0]
     original_step = engine.scheduler.step
+
+    def counting_step():
+        counter[0] += 1
+        original_step()
+
+    engine.scheduler.step = counting_step
+    engine.scheduler.jump_forward = jump
+    try:
+        out = engine.generate(prompt, params)
+    finally:
+        engine.scheduler.step = original_step
+        engine.scheduler.jump_forward = True
+    return counter[0], out
+
+
+@pytest.mark.parametrize("kind", ["regex", "json_schema"])
+def test_jump_forward_appends_forced_text_in_one_extend_step(engine, kind):
+    import json
+
+    import jsonschema
+
+    if kind == "regex":
+        constraint = (r'\{"customer_identifier": "[a-z]{3}", "shipping_destination_country": "(France|Germany)", '
+                      r'"requires_signature_on_delivery": (true|false)\}')
+    else:
+        constraint = json.dumps(LONG_KEYS)
+    params = {"temperature": 0, "max_new_tokens": 200, kind: constraint}
+    steps = {}
     for jump in (True, False):
-        counter = [0]
-
-        def counting_step():
-            counter[0] += 1
-            original_step()
-
-        engine.scheduler.step = counting_step
-        engine.scheduler.jump_forward = jump
-        try:
-            out = engine.generate("order:", {"temperature": 0, "max_new_tokens": 200, "regex": pattern})
-        finally:
-            engine.scheduler.step = original_step
-            engine.scheduler.jump_forward = True
-        assert out.finish.type == "stop" and fullmatch(pattern, out.text), out.text
-        steps[jump], texts[jump] = counter[0], out.text
-    print("scheduler steps with / without jump-forward:", steps)
+        steps[jump], out = count_steps(engine, "order:", params, jump)
+        assert out.finish.type == "stop", out
+        if kind == "regex":
+            assert fullmatch(constraint, out.text), out.text
+        else:
+            jsonschema.validate(json.loads(out.text), LONG_KEYS)
+    print(f"{kind}: scheduler steps with / without jump-forward:", steps)
     assert steps[True] * 2 < steps[False], steps
 
 

@@ -142,7 +142,7 @@ class Runtime(Backend):
 
     def _check_running(self) -> None:
         # The engine has no public liveness flag; a dead scheduler thread would never answer a request.
-        if self._closed or not self.engine._thread.is_alive():
+        if self._closed or not self.engine.is_running:
             raise ProgramError("the runtime has been shut down")
 
     def _requests(self, call: GenerateCall, stream: bool):

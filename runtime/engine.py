@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, replace
 from typing import Any, AsyncIterator, Callable, Sequence
 
+from runtime import __version__
 from runtime.args import RuntimeArgs
 from runtime.constraint import ConstraintManager
 from runtime.metrics import EngineMetrics
@@ -179,9 +180,12 @@ class Engine:
                         cached_tokens=s.cache.cached_size)
         return self._call(read)
 
-    def server_info(self) -> dict[str, Any]:
-        from sglang_dsl import __version__
+    @property
+    def is_running(self) -> bool:
+        """Whether the scheduler thread is serving requests (False after ``shutdown`` or a crash)."""
+        return self._thread.is_alive() and not self._stopping.is_set()
 
+    def server_info(self) -> dict[str, Any]:
         return {**asdict(self.args), "model_path": self.model_path, "version": __version__,
                 "max_total_num_tokens": (self.runner.allocator.num_pages - 1) * self.runner.allocator.page_size,
                 "context_length": self.runner.context_length}

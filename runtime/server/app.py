@@ -22,7 +22,7 @@ def create_app(engine: Any, api_key: str | None = None, served_model_name: str |
     With ``api_key``, every route but ``/health`` requires ``Authorization: Bearer <api_key>``. The OpenAI API
     accepts as ``model`` the served name (``served_model_name``, else the ``--model`` argument), the model
     argument, and the resolved model path. The app does not own the engine: shut it down yourself."""
-    from sglang_dsl import __version__
+    from runtime import __version__
 
     args = getattr(engine, "args", None)
     model_arg = getattr(args, "model", None) or engine.model_path

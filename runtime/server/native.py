@@ -224,6 +224,6 @@ async def metrics(request: Request) -> Response:
 
 
 def _version() -> str:
-    from sglang_dsl import __version__
+    from runtime import __version__
 
     return __version__

@@ -261,6 +261,40 @@ def test_bad_schemas_are_refused_with_their_json_path(engine, schema, message):
         engine.make_request(text="hi", sampling_params={"json_schema": schema})
 
 
+BOUNDED_ARITHMETIC = r"""
+start: term (OP term) ~ 0..3
+term: NUMBER | "(" NUMBER (OP NUMBER) ~ 1..2 ")"
+OP: "+" | "-" | "*" | "/"
+NUMBER: /[0-9]{1,3}/
+"""
+
+
+def parses(grammar: str, text: str) -> bool:
+    import lark
+
+    from sglang_dsl.compiler.grammar import load_grammar
+
+    try:
+        lark.Lark(load_grammar(grammar).source, parser="earley", lexer="dynamic_complete").parse(text)
+        return True
+    except lark.exceptions.LarkError:
+        return False
+
+
+def test_ebnf_outputs_parse(engine):
+    outs = engine.generate(["calc:"] * 8, {**SAMPLE, "max_new_tokens": 80, "ebnf": BOUNDED_ARITHMETIC})
+    for out in outs:
+        assert out.finish.type == "stop" and parses(BOUNDED_ARITHMETIC, out.text), out.text
+    gbnf = 'root ::= "answer: " ("yes" | "no") "."'
+    outs = engine.generate(["q"] * 4, {**SAMPLE, "ebnf": gbnf})
+    assert all(o.text in ("answer: yes.", "answer: no.") for o in outs)
+
+
+def test_bad_grammars_are_refused_when_the_request_is_made(engine):
+    with pytest.raises(InvalidRequestError, match="LALR"):
+        engine.make_request(text="hi", sampling_params={"ebnf": 'start: a | b\na: "x"\nb: "x"'})
+
+
 def test_word_level_tokenizers_cannot_be_constrained(tmp_path):
     from tiny_models import write_word_tokenizer
 
@@ -311,6 +345,14 @@ def test_smollm2_json_from_a_pydantic_model_always_parses(smollm2):
     for out in outs:
         assert out.finish.type == "stop", out
         Character.model_validate_json(out.text)
+
+
+@pytest.mark.slow
+def test_smollm2_arithmetic_from_a_grammar_always_parses(smollm2):
+    prompt = chat(smollm2, "Write an arithmetic expression that equals 42.")
+    outs = smollm2.generate([prompt] * 12, {"temperature": 1.0, "max_new_tokens": 80, "ebnf": BOUNDED_ARITHMETIC})
+    for out in outs:
+        assert out.finish.type == "stop" and parses(BOUNDED_ARITHMETIC, out.text), out.text
 
 
 @pytest.mark.slow

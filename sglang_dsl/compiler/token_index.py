@@ -43,17 +43,24 @@ class TokenIndex:
     vocab: Vocabulary
     masks: np.ndarray  # uint32 [S, W]
     ready: np.ndarray  # bool [S]: row computed
+    eos: bool = True  # set the EOS bits of accepting states
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def build(cls, dfa: ByteDFA, vocab: Vocabulary, lazy: bool = False) -> "TokenIndex":
+    def build(cls, dfa: ByteDFA, vocab: Vocabulary, lazy: bool = False, eos: bool = True, check: bool = True
+              ) -> "TokenIndex":
+        """Index ``dfa`` against ``vocab``: every row now, or (``lazy``) each on first use. ``eos=False`` leaves
+        the EOS bits clear (for automata that are part of something larger). ``check``: raise `VocabularyError`
+        if no token can start a match."""
         s = dfa.num_states
-        index = cls(dfa, vocab, np.zeros((s, packed_words(vocab.size)), dtype=np.uint32), np.zeros(s, dtype=bool))
+        index = cls(dfa, vocab, np.zeros((s, packed_words(vocab.size)), dtype=np.uint32), np.zeros(s, dtype=bool),
+                    eos=eos)
         if _needs_token_fixpoint(dfa, vocab):
             index._build_with_fixpoint()
         elif not lazy:
             index.rows(np.arange(s))
-        index._check_initial()
+        if check:
+            index._check_initial()
         return index
 
     # ---- queries ----------------------------------------------------------------------------------------------
@@ -116,6 +123,36 @@ class TokenIndex:
 
     # ---- construction -----------------------------------------------------------------------------------------
 
+    def accepting_nodes(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """Trie nodes below the root whose bytes, read from ``state``, end in an accepting state and that have
+        children (proper prefixes of longer tokens), with those end states: where a token can cross from one
+        match into whatever follows it."""
+        trie = self.vocab.trie
+        table = self._flat_table
+        dead = self.dfa.dead
+        accepting = self.dfa.accepting
+        nodes = np.zeros(1, dtype=np.int64)
+        current = np.array([state], dtype=np.int64)
+        found_nodes, found_states = [], []
+        while nodes.size:
+            counts = trie.num_children[nodes]
+            total = int(counts.sum())
+            if total == 0:
+                break
+            parent = np.repeat(np.arange(nodes.size, dtype=np.int64), counts)
+            offsets = np.cumsum(counts) - counts
+            child = trie.first_child[nodes][parent] + (np.arange(total, dtype=np.int64) - offsets[parent])
+            nxt = table[current[parent] * 256 + trie.node_byte[child]]
+            keep = nxt != dead
+            nodes, current = child[keep], nxt[keep]
+            hit = accepting[current] & (trie.num_children[nodes] > 0)
+            if hit.any():
+                found_nodes.append(nodes[hit])
+                found_states.append(current[hit])
+        if not found_nodes:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(found_nodes), np.concatenate(found_states)
+
     def _check_initial(self) -> None:
         if not self.row(self.initial).any():
             raise VocabularyError("no sequence of this vocabulary's tokens matches the constraint")
@@ -160,7 +197,7 @@ class TokenIndex:
                     if hit.size:
                         ends.append((hit + start, np.full(hit.size, dup), None))
             accepting = self.dfa.accepting[chunk]
-            for eos in vocab.eos_token_ids:
+            for eos in vocab.eos_token_ids if self.eos else ():
                 if 0 <= eos < v:
                     allowed[:, eos] = accepting
             out[start : start + chunk.size, : (v + 7) // 8] = np.packbits(allowed, axis=1, bitorder="little")

@@ -316,6 +316,37 @@ class _CharDFA:
                 state = chains[key] = intern((chain(target, remaining - 1),) * 64)
             return state
 
+        def lead_transitions(starts: list[int], targets: list[int]) -> dict[int, int]:
+            """UTF-8 lead byte -> state for the piecewise-constant code point -> target map given by
+            (starts, targets)."""
+
+            def constant(lo: int, hi: int) -> int | None:
+                i = bisect_right(starts, lo) - 1
+                if i + 1 < len(starts) and starts[i + 1] <= hi:
+                    return None
+                return targets[i]
+
+            def node(lo: int, remaining: int, minimum: int) -> int:
+                hi = lo + (1 << (6 * remaining)) - 1
+                if hi < minimum or lo >= 0x110000 or (lo >= 0xD800 and hi < 0xE000):
+                    return DEAD
+                straddles = lo < minimum <= hi or any(lo < b <= hi for b in _VALIDITY_BOUNDS)
+                if not straddles:
+                    t = constant(lo, hi)
+                    if t is not None:
+                        return chain(t, remaining)
+                step = 1 << (6 * (remaining - 1))
+                return intern(tuple(node(lo + c * step, remaining - 1, minimum) for c in range(64)))
+
+            out = {}
+            for _, first_lead, last_lead, payload_mask, shift, minimum in _UTF8_LAYOUT:
+                for lead in range(first_lead, last_lead + 1):
+                    t = node((lead & payload_mask) << shift, shift // 6, minimum)
+                    if t != DEAD:
+                        out[lead] = t
+            return out
+
+        uniform: dict[int, dict[int, int]] = {}  # target -> lead transitions when every non-ASCII char goes there
         table = np.full((n, 256), -1, dtype=np.int64)  # -1: no transition
         accepting = list(self.accepting)
         for s in range(n):
@@ -337,38 +368,25 @@ class _CharDFA:
                 position = cp + 1
             if position <= 0x10FFFF:
                 put(position, default)
-
-            def value(cp: int) -> int:
-                return targets[bisect_right(starts, cp) - 1]
-
-            def constant(lo: int, hi: int) -> int | None:
-                i = bisect_right(starts, lo) - 1
-                if i + 1 < len(starts) and starts[i + 1] <= hi:
-                    return None
-                return targets[i]
-
-            def node(lo: int, remaining: int, minimum: int) -> int:
-                hi = lo + (1 << (6 * remaining)) - 1
-                if hi < minimum or lo >= 0x110000 or (lo >= 0xD800 and hi < 0xE000):
-                    return DEAD
-                straddles = lo < minimum <= hi or any(lo < b <= hi for b in _VALIDITY_BOUNDS)
-                if not straddles:
-                    t = constant(lo, hi)
-                    if t is not None:
-                        return chain(t, remaining)
-                step = 1 << (6 * (remaining - 1))
-                return intern(tuple(node(lo + c * step, remaining - 1, minimum) for c in range(64)))
-
             out = table[s]
+            i = 0
             for b in range(128):
-                t = value(b)
-                if t != DEAD:
-                    out[b] = t
-            for _, first_lead, last_lead, payload_mask, shift, minimum in _UTF8_LAYOUT:
-                for lead in range(first_lead, last_lead + 1):
-                    t = node((lead & payload_mask) << shift, shift // 6, minimum)
-                    if t != DEAD:
-                        out[lead] = t
+                while i + 1 < len(starts) and starts[i + 1] <= b:
+                    i += 1
+                if targets[i] != DEAD:
+                    out[b] = targets[i]
+            j = bisect_right(starts, 0x80) - 1
+            if j + 1 == len(starts):  # all of non-ASCII goes one way (often nowhere): shared lead transitions
+                t = targets[j]
+                if t == DEAD:
+                    continue
+                leads = uniform.get(t)
+                if leads is None:
+                    leads = uniform[t] = lead_transitions([0, 0x80], [DEAD, t])
+            else:
+                leads = lead_transitions(starts, targets)
+            for lead, t in leads.items():
+                out[lead] = t
         total = n + len(rows)
         full = np.full((total + 1, 256), total, dtype=np.int32)
         full[:n] = np.where(table < 0, total, table)

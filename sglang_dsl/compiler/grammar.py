@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -41,6 +41,7 @@ from sglang_dsl.compiler.vocabulary import Vocabulary
 MAX_CONFIGURATIONS = 64  # parallel lexing/parsing hypotheses kept per state (each one completable)
 MAX_LEXER_STATES = 50_000
 CACHE_ITEMS = 8192
+MAX_MASK_DEPTH = 4  # configurations whose masks are computed one inside the other; deeper, tokens are walked
 
 # lark's common.lark spells these with a look-behind, which no automaton supports: equivalent plain regexes
 _COMMON_REPLACEMENTS = {
@@ -138,7 +139,10 @@ def load_grammar(text: str) -> Grammar:
 
 
 def compile_grammar(text: str, vocab: Vocabulary) -> "GrammarMatcher":
-    return GrammarMatcher(load_grammar(text), vocab)
+    """A matcher for the grammar, with the mask of its start state computed (time to first mask = compile)."""
+    matcher = GrammarMatcher(load_grammar(text), vocab)
+    matcher.mask(matcher.start())
+    return matcher
 
 
 # ---- the parser -------------------------------------------------------------------------------------------------
@@ -209,14 +213,8 @@ class _Lexer:
     terms: tuple[int, ...]
     dfa: ByteDFA
     complete: list[tuple[int, ...]]
+    members: list[tuple]  # per state: ((terminal, terminal state), ...), which alone decides what can follow
     index: TokenIndex
-    boundaries: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-
-    def boundary_nodes(self, state: int) -> tuple[np.ndarray, np.ndarray]:
-        found = self.boundaries.get(state)
-        if found is None:
-            found = self.boundaries[state] = self.index.accepting_nodes(state)
-        return found
 
 
 def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab: Vocabulary) -> _Lexer:
@@ -230,7 +228,7 @@ def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab:
     while i < len(order):
         members = order[i]
         i += 1
-        complete.append(tuple(terms[k] for k, s in members if dfas[k].accepting[s]))
+        complete.append(tuple(sorted(terms[k] for k, s in members if dfas[k].accepting[s])))
         row = np.full(256, -1, dtype=np.int64)
         nexts = np.stack([dfas[k].transitions[s] for k, s in members]) if members else np.zeros((0, 256), np.int64)
         alive = nexts != np.array([dfas[k].dead for k, _ in members])[:, None] if members else nexts.astype(bool)
@@ -253,7 +251,8 @@ def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab:
     accepting[:n] = [bool(c) for c in complete]
     dfa = ByteDFA(transitions, accepting, 0)
     index = TokenIndex.build(dfa, vocab, lazy=True, eos=False, check=False)
-    return _Lexer(lexer_id, terms, dfa, complete, index)
+    members = [tuple(sorted((terms[k], s) for k, s in m)) for m in order]
+    return _Lexer(lexer_id, terms, dfa, complete, members, index)
 
 
 # ---- the matcher ------------------------------------------------------------------------------------------------
@@ -274,8 +273,13 @@ class GrammarMatcher:
         self._context: dict[tuple, int] = {}
         self._config_masks: OrderedDict[Config, np.ndarray] = OrderedDict()
         self._state_masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
+        self._rows: dict[tuple, np.ndarray] = {}  # lexer-state members -> tokens that stay inside the lexeme
+        self._crossings: dict[tuple, list] = {}  # lexer-state members -> tokens that end the lexeme inside them
+        self._after: dict[tuple, list] = {}
+        self._endings: dict[tuple, list] = {}
+        self._byte_masks: dict[frozenset, np.ndarray] = {}
+        self._in_progress: set = set()
         self._subtree: dict[tuple, tuple[int, ...]] = {}
-        self._forced: dict[frozenset, bytes] = {}
         self._lock = threading.RLock()
         dups: dict[int, list[int]] = {}
         for primary, dup in vocab.trie.duplicates:
@@ -304,14 +308,42 @@ class GrammarMatcher:
 
     def _after_lexeme(self, stack: tuple, lexer: _Lexer, state: int) -> list[Config]:
         """Configurations starting a new lexeme once the current one ends in lexer ``state``."""
-        out = []
-        for term in lexer.complete[state]:
-            if term in self.grammar.ignore:
-                out.append(self._fresh(stack))
-                continue
-            nxt = self.parser.feed(stack, term)
-            if nxt is not None:
-                out.append(self._fresh(nxt))
+        return self._after_complete(stack, lexer.complete[state])
+
+    def _after_complete(self, stack: tuple, complete: tuple[int, ...]) -> list[Config]:
+        key = (stack, complete)
+        out = self._after.get(key)
+        if out is None:
+            found = []
+            for term in complete:
+                if term in self.grammar.ignore:
+                    found.append(self._fresh(stack))
+                    continue
+                nxt = self.parser.feed(stack, term)
+                if nxt is not None:
+                    found.append(self._fresh(nxt))
+            out = self._after[key] = list(dict.fromkeys(found))
+        return out
+
+    def _ending(self, lexer: _Lexer, state: int) -> list[tuple[int, ...]]:
+        """Per next byte, the terminals the lexeme may end as in ``state``. An ignored lexeme (whitespace) ends
+        only where the next byte cannot extend it, as lark's lexer reads it: splitting a run of whitespace in two
+        gives the same text, so this loses nothing and keeps the number of parses down."""
+        key = (lexer.id, state)
+        out = self._endings.get(key)
+        if out is None:
+            complete = lexer.complete[state]
+            out = [complete] * 256
+            extendable = [(t, s) for t, s in lexer.members[state]
+                          if t in self.grammar.ignore and t in complete]
+            if extendable:
+                goes_on = np.zeros(256, dtype=bool)
+                for t, s in extendable:
+                    dfa = self.grammar.terminals[t].dfa
+                    goes_on |= dfa.transitions[s] != dfa.dead
+                shorter = tuple(t for t in complete if t not in {t for t, _ in extendable})
+                out = [shorter if goes_on[b] else complete for b in range(256)]
+            self._endings[key] = out
         return out
 
     def _step(self, configs, byte: int) -> set:
@@ -322,7 +354,8 @@ class GrammarMatcher:
             if nxt != lexer.dfa.dead:
                 out.add((stack, lexer_id, nxt))
             if lexer.dfa.accepting[state]:
-                for fresh_stack, fresh_lexer, fresh_state in self._after_lexeme(stack, lexer, state):
+                ending = self._ending(lexer, state)[byte]
+                for fresh_stack, fresh_lexer, fresh_state in self._after_complete(stack, ending):
                     lex2 = self._lexers[fresh_lexer]
                     n2 = int(lex2.dfa.transitions[fresh_state, byte])
                     if n2 != lex2.dfa.dead:
@@ -423,27 +456,161 @@ class GrammarMatcher:
         if len(cache) > CACHE_ITEMS:
             cache.popitem(last=False)
 
-    def _config_mask(self, config: Config) -> np.ndarray:
+    def _config_mask(self, config: Config) -> np.ndarray | None:
+        """Tokens allowed in one configuration (packed, no EOS). None while that very mask is being computed
+        further up (a cycle through the grammar) or when masks already nest `MAX_MASK_DEPTH` deep (a grammar can
+        have infinitely many configurations, e.g. stacks of unary minus signs): callers then check their few
+        tokens directly."""
         row = self._config_masks.get(config)
         if row is not None:
             return row
-        stack, lexer_id, state = config
-        lexer = self._lexers[lexer_id]
-        row = lexer.index.row(state).copy()  # tokens that stay inside this lexeme
-        if lexer.dfa.accepting[state]:  # the lexeme may end right here: tokens that start the next one
-            for nxt in self._after_lexeme(stack, lexer, state):
-                row |= self._config_mask(nxt)
-        nodes, ends = lexer.boundary_nodes(state)  # the lexeme may end inside a token
-        if nodes.size:
-            tokens: list[int] = []
-            for node, end in zip(nodes.tolist(), ends.tolist()):
-                for nxt in self._after_lexeme(stack, lexer, end):
-                    tokens.extend(self._subtree_tokens(node, nxt))
-            if tokens:
-                ids = np.unique(np.asarray(tokens, dtype=np.int64))
-                np.bitwise_or.at(row, ids >> 5, (np.uint32(1) << (ids & 31).astype(np.uint32)))
+        if config in self._in_progress or len(self._in_progress) >= MAX_MASK_DEPTH:
+            return None
+        self._in_progress.add(config)
+        try:
+            stack, lexer_id, state = config
+            lexer = self._lexers[lexer_id]
+            row = self._inside_row(lexer, state).copy()
+            if lexer.dfa.accepting[state]:  # the lexeme may end right here: tokens that start the next one
+                by_ending: dict[tuple, list[int]] = {}
+                for b, ending in enumerate(self._ending(lexer, state)):
+                    by_ending.setdefault(ending, []).append(b)
+                for ending, first_bytes in by_ending.items():
+                    allowed_first = self._starting_with(first_bytes)
+                    for nxt in self._after_complete(stack, ending):
+                        sub = self._config_mask(nxt)  # fresh configurations: never a cycle back to this one
+                        row |= (sub if sub is not None else self._mask_by_walking(nxt)) & allowed_first
+            found: list[np.ndarray] = []
+            looping: list[tuple[np.ndarray, np.ndarray]] = []  # crossings that lead back to this configuration
+            for complete, nodes, starts, tokens, suffixes, by_length in self._crossings_of(lexer, state):
+                for nxt in self._after_complete(stack, complete):
+                    if nxt == config:  # e.g. an ignored space before anything: resolved below, shortest first
+                        looping.append(by_length)
+                        unknown = suffixes < 0
+                        if unknown.any():  # rests that are no token: walked (that needs no mask)
+                            for node in self._nodes_of(nodes, starts, unknown):
+                                found.append(np.asarray(self._subtree_tokens(node, nxt), dtype=np.int64))
+                        continue
+                    sub = self._config_mask(nxt)
+                    if sub is None:  # a cycle or too deep: walk the trie below each crossing node
+                        for node in nodes.tolist():
+                            found.append(np.asarray(self._subtree_tokens(node, nxt), dtype=np.int64))
+                        continue
+                    # the rest of the token is (almost always) a token itself: look it up in nxt's mask
+                    known = suffixes >= 0
+                    found.append(tokens[known & _bits(sub, suffixes)])
+                    unknown = ~known
+                    if unknown.any():
+                        for node in self._nodes_of(nodes, starts, unknown):
+                            found.append(np.asarray(self._subtree_tokens(node, nxt), dtype=np.int64))
+            _set_bits(row, found)
+            if looping:
+                self._resolve_loops(row, looping)
+        finally:
+            self._in_progress.discard(config)
         self._remember(self._config_masks, config, row)
         return row
+
+    def _starting_with(self, first_bytes: list[int]) -> np.ndarray:
+        key = frozenset(first_bytes)
+        mask = self._byte_masks.get(key)
+        if mask is None:
+            mask = self._byte_masks[key] = np.bitwise_or.reduce(self.vocab.first_byte_masks[first_bytes], axis=0)
+        return mask
+
+    def _mask_by_walking(self, config: Config) -> np.ndarray:
+        """The mask of ``config`` by checking every token (only reached through a cycle; never in practice)."""
+        row = np.zeros(self.words, dtype=np.uint32)
+        start = frozenset({config})
+        for token, data in enumerate(self.vocab.token_bytes):
+            if data and self.advance_bytes(start, data) is not None:
+                row[token >> 5] |= np.uint32(1 << (token & 31))
+        return row
+
+    def _inside_row(self, lexer: _Lexer, state: int) -> np.ndarray:
+        """Tokens whose bytes all continue the current lexeme (shared by all lexers with the same members)."""
+        key = lexer.members[state]
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = lexer.index.row(state)
+        return row
+
+    def _crossings_of(self, lexer: _Lexer, state: int) -> list:
+        """Tokens that complete the lexeme strictly inside themselves, grouped by the completed terminals: for
+        each group (completed terminals, crossing trie nodes, where each node's tokens start in the arrays, token
+        ids, ids of the rest of each token or -1)."""
+        key = lexer.members[state]
+        found = self._crossings.get(key)
+        if found is not None:
+            return found
+        groups: dict[tuple, tuple[list, list, list, list]] = {}
+        nodes, ends = lexer.index.accepting_nodes(state)
+        for node, end in zip(nodes.tolist(), ends.tolist()):
+            tokens, suffixes, first = self.vocab.rests(node)
+            for ending, by_first_byte in self._ending_groups(lexer, end):
+                sel = slice(None) if by_first_byte is None else by_first_byte[first]
+                t, sf = tokens[sel], suffixes[sel]
+                if not t.size:
+                    continue
+                g_nodes, g_starts, g_tokens, g_suffixes = groups.setdefault(ending, ([], [], [], []))
+                g_nodes.append(node)
+                g_starts.append(sum(x.size for x in g_tokens))
+                g_tokens.append(t)
+                g_suffixes.append(sf)
+        found = []
+        for complete, (n, st, t, sf) in groups.items():
+            tokens, suffixes = np.concatenate(t), np.concatenate(sf)
+            order = np.argsort(self.vocab.lengths[tokens], kind="stable")  # for `_resolve_loops`
+            lengths = self.vocab.lengths[tokens[order]]
+            runs = np.flatnonzero(np.diff(lengths)) + 1
+            by_length = (tokens[order], suffixes[order], np.concatenate([[0], runs, [lengths.size]]))
+            found.append((complete, np.array(n, dtype=np.int64), np.array(st, dtype=np.int64), tokens, suffixes,
+                          by_length))
+        self._crossings[key] = found
+        return found
+
+    def _ending_groups(self, lexer: _Lexer, state: int) -> list[tuple[tuple, np.ndarray | None]]:
+        """The distinct non-empty endings of ``state`` with, for each, a [256] bool table of the next bytes it
+        applies to (None: all of them)."""
+        key = ("groups", lexer.id, state)
+        out = self._endings.get(key)
+        if out is None:
+            distinct: dict[tuple, list[int]] = {}
+            for byte, ending in enumerate(self._ending(lexer, state)):
+                if ending:
+                    distinct.setdefault(ending, []).append(byte)
+            out = []
+            for ending, first_bytes in distinct.items():
+                table = None
+                if len(first_bytes) < 256:
+                    table = np.zeros(256, dtype=bool)
+                    table[first_bytes] = True
+                out.append((ending, table))
+            self._endings[key] = out
+        return out
+
+    @staticmethod
+    def _nodes_of(nodes: np.ndarray, starts: np.ndarray, selected: np.ndarray) -> list[int]:
+        """The crossing nodes of the selected entries of a group."""
+        return np.unique(nodes[np.searchsorted(starts, np.nonzero(selected)[0], "right") - 1]).tolist()
+
+    def _resolve_loops(self, row: np.ndarray, looping: list) -> None:
+        """Tokens whose rest must be allowed by this very mask: decided shortest first, each by its rest (a
+        shorter token, already decided). (Rests that are no token were walked by the caller.)"""
+        if len(looping) > 1:  # several groups loop back: merge them by length
+            tokens = np.concatenate([g[0] for g in looping])
+            suffixes = np.concatenate([g[1] for g in looping])
+            order = np.argsort(self.vocab.lengths[tokens], kind="stable")
+            tokens, suffixes = tokens[order], suffixes[order]
+            lengths = self.vocab.lengths[tokens]
+            bounds = np.concatenate([[0], np.flatnonzero(np.diff(lengths)) + 1, [lengths.size]])
+        else:
+            tokens, suffixes, bounds = looping[0]
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            t, sf = tokens[lo:hi], suffixes[lo:hi]
+            ok = _bits(row, sf)
+            if ok.any():
+                _set_bits(row, [t[ok]])
 
     def _subtree_tokens(self, node: int, config: Config) -> tuple[int, ...]:
         """Tokens strictly below trie ``node`` whose bytes after the node can be read from ``config``."""
@@ -468,11 +635,26 @@ class GrammarMatcher:
                 if trie.num_children[child]:
                     stack.append((child, frozenset(nxt)))
         found = self._subtree[key] = tuple(out)
+        if len(self._subtree) > CACHE_ITEMS:
+            self._subtree.clear()
         return found
 
     @property
     def num_lexers(self) -> int:
         return len(self._lexers)
+
+
+def _bits(row: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Whether each token id (>= 0; negative ids read as False) is set in a packed row."""
+    safe = np.where(ids >= 0, ids, 0)
+    return (ids >= 0) & (((row[safe >> 5] >> (safe & 31).astype(np.uint32)) & 1) == 1)
+
+
+def _set_bits(row: np.ndarray, groups: list[np.ndarray]) -> None:
+    groups = [g for g in groups if g.size]
+    if groups:
+        ids = np.concatenate(groups) if len(groups) > 1 else groups[0]
+        np.bitwise_or.at(row, ids >> 5, np.uint32(1) << (ids & 31).astype(np.uint32))
 
 
 # ---- GBNF -> lark -----------------------------------------------------------------------------------------------

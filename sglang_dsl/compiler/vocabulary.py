@@ -104,6 +104,67 @@ class Vocabulary:
             out[dup] = out[primary]
         return out
 
+    @cached_property
+    def by_bytes(self) -> dict[bytes, int]:
+        """Token id of each byte string (the lowest id where several tokens spell the same bytes)."""
+        out: dict[bytes, int] = {}
+        for index, b in enumerate(self.token_bytes):
+            if b and b not in out:
+                out[b] = index
+        return out
+
+    @cached_property
+    def sorted_tokens(self) -> tuple[list[bytes], np.ndarray]:
+        """Every token's bytes in lexicographic order, and the token ids in that order: the tokens starting with
+        a prefix form one contiguous range (see `tokens_with_prefix`)."""
+        pairs = sorted((b, i) for i, b in enumerate(self.token_bytes) if b)
+        return [b for b, _ in pairs], np.array([i for _, i in pairs], dtype=np.int64)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """``[V]`` int64: bytes per token (0 for special tokens)."""
+        return np.array([len(b) if b else 0 for b in self.token_bytes], dtype=np.int64)
+
+    def rests(self, node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the tokens strictly below trie ``node``: their ids, the id of the token spelling the bytes after
+        the node (-1 if none) and the first of those bytes. Cached per node."""
+        cache = self.__dict__.setdefault("_rests", {})
+        found = cache.get(node)
+        if found is None:
+            prefix = self.trie.prefix(node)
+            keys, ids = self.sorted_tokens
+            lo, hi = self.tokens_with_prefix(prefix)
+            n = len(prefix)
+            rows = [(int(ids[k]), self.by_bytes.get(keys[k][n:], -1), keys[k][n]) for k in range(lo, hi)
+                    if len(keys[k]) > n]
+            found = cache[node] = (np.array([r[0] for r in rows], dtype=np.int64),
+                                   np.array([r[1] for r in rows], dtype=np.int64),
+                                   np.array([r[2] for r in rows], dtype=np.int64))
+        return found
+
+    @cached_property
+    def first_byte_masks(self) -> np.ndarray:
+        """``[256, ceil(V / 32)]`` uint32: packed masks of the tokens that start with each byte."""
+        _, ids = self.sorted_tokens
+        out = np.zeros((256, (self.size + 31) // 32), dtype=np.uint32)
+        for b in range(256):
+            lo, hi = self.tokens_with_prefix(bytes([b]))
+            t = ids[lo:hi]
+            np.bitwise_or.at(out[b], t >> 5, np.uint32(1) << (t & 31).astype(np.uint32))
+        return out
+
+    def tokens_with_prefix(self, prefix: bytes) -> tuple[int, int]:
+        """The range [lo, hi) of `sorted_tokens` whose bytes start with ``prefix``."""
+        from bisect import bisect_left
+
+        keys, _ = self.sorted_tokens
+        lo = bisect_left(keys, prefix)
+        bound = prefix.rstrip(b"\xff")
+        if not bound:
+            return lo, len(keys)
+        bound = bound[:-1] + bytes([bound[-1] + 1])
+        return lo, bisect_left(keys, bound, lo)
+
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, eos_token_ids: Iterable[int] | None = None) -> "Vocabulary":
         """From a ``tokenizers.Tokenizer``, the runtime's `Tokenizer`, or a transformers fast tokenizer."""
@@ -196,6 +257,15 @@ class TokenTrie:
     num_children: np.ndarray  # int64 [M]
     node_token: np.ndarray  # int64 [M]
     duplicates: tuple[tuple[int, int], ...]
+    parent: np.ndarray  # int64 [M] (the root's parent is itself)
+
+    def prefix(self, node: int) -> bytes:
+        """The bytes on the path from the root to ``node``."""
+        out = bytearray()
+        while node:
+            out.append(int(self.node_byte[node]))
+            node = int(self.parent[node])
+        return bytes(reversed(out))
 
     @property
     def num_nodes(self) -> int:
@@ -233,4 +303,4 @@ class TokenTrie:
         # children of node n start right after all children of nodes < n: nodes are sorted by parent already
         starts = np.cumsum(num_children) - num_children + 1
         first_child[:] = starts
-        return cls(node_byte, first_child, num_children, node_token, tuple(duplicates))
+        return cls(node_byte, first_child, num_children, node_token, tuple(duplicates), parent)

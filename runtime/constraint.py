@@ -237,7 +237,7 @@ def mask_bias(packed: np.ndarray, vocab_size: int, device: torch.device) -> torc
         bias &= np.int32(_NEG_INF_BITS)
         out = torch.from_numpy(bias.view(np.float32))
     else:
-        words = torch.from_numpy(packed.view(np.int32)).pin_memory().to(device, non_blocking=True)
+        words = torch.from_numpy(packed.view(np.int32)).to(device, non_blocking=True)
         bits = (words.unsqueeze(-1) >> _shifts(device)) & 1
         out = bits.sub_(1).bitwise_and_(_NEG_INF_BITS).view(torch.float32).view(rows, width)[:, :vocab_size]
     if out.shape[1] < vocab_size:

@@ -351,3 +351,13 @@ def test_dead_end_tokens_are_removed_when_a_byte_is_no_token():
     assert index.allowed_tokens(index.initial).tolist() == [2]  # only "ab", then "d"
     with pytest.raises(VocabularyError):
         TokenIndex.build(regex_to_dfa(r"q"), vocab)
+
+
+def test_the_compiler_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import sglang_dsl.compiler.constraint, sglang_dsl.compiler.grammar, "
+            "sglang_dsl.compiler.choices, sglang_dsl.compiler.json_schema; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -151,13 +151,14 @@ class RequestConstraint:
         self.state = nxt
         return True
 
-    def expand(self, token: int, tokenizer, room: int) -> list[int]:
+    def expand(self, token: int, tokenizer, room: int) -> list[int] | None:
         """The tokens to append for sampled ``token``: the token itself, or with jump-forward the token followed by
         the text every continuation must start with, re-tokenized together (at most ``room`` tokens). The state
-        moves past all of them."""
+        moves past all of them. None if the constraint does not allow ``token`` (which the mask prevents)."""
         before = self.state
         if not self.advance(token):
-            raise RuntimeError(f"token {token} was sampled although the constraint does not allow it")
+            log.error("token %d was sampled although the constraint does not allow it", token)
+            return None
         if not self.jump_forward or room <= 1:
             return [token]
         forced = self.matcher.forced(self.state)

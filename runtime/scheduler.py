@@ -92,7 +92,7 @@ class Scheduler:
             req.constraint = RequestConstraint(matcher, req.request.sampling, jump)
         self.waiting.append(req)
 
-    def _constrained_tokens(self, req: Req, token: int) -> list[int]:
+    def _constrained_tokens(self, req: Req, token: int) -> list[int] | None:
         """The sampled token, or it and the text the constraint forces after it (jump-forward), as tokens that fit
         in max_new_tokens, the context and free KV memory."""
         room = min(req.remaining_new_tokens, self.runner.context_length - 1 - req.kv_len)
@@ -354,6 +354,8 @@ class Scheduler:
         if token in sampling.stop_token_ids or (token in self.eos_token_ids and not sampling.ignore_eos):
             return self._finish_running(req, FinishReason("stop", matched=token))
         tokens = [token] if req.constraint is None else self._constrained_tokens(req, token)
+        if tokens is None:
+            return self._finish_running(req, FinishReason("abort", message="sampled a token the constraint forbids"))
         for token in tokens:
             req.output_ids.append(token)
             piece = req.detokenizer.feed(token)

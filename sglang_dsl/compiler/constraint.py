@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 COMPILER_VERSION = "1"  # bump when compiled artifacts change meaning (invalidates the disk cache)
 KINDS = ("regex", "json_schema", "ebnf")
+LAZY_ABOVE = 4000 * 50_000  # states x vocabulary size beyond which mask rows are computed on first use
+MEMORY_BYTES = 1 << 30  # compiled matchers kept in memory (approximately, by their mask tables)
 
 
 def default_cache_dir() -> Path:
@@ -116,12 +118,19 @@ def compile_constraint(spec: ConstraintSpec, vocab: Vocabulary) -> Matcher:
         from sglang_dsl.compiler.grammar import compile_grammar
 
         return compile_grammar(spec.source, vocab)
-    return RegexMatcher(TokenIndex.build(regex_to_dfa(constraint_regex(spec)), vocab))
+    dfa = regex_to_dfa(constraint_regex(spec))
+    lazy = dfa.num_states * vocab.size > LAZY_ABOVE  # huge automata: rows on first use instead of up front
+    return RegexMatcher(TokenIndex.build(dfa, vocab, lazy=lazy))
+
+
+def _size(matcher: Matcher) -> int:
+    return getattr(matcher, "nbytes", 0) or 1 << 20
 
 
 class ConstraintCompiler:
-    """Compiles constraints against one vocabulary, caching matchers in memory (most recently used
-    ``memory_items``) and, for regex-based ones, on disk under ``cache_dir`` (None: no disk cache). Thread-safe;
+    """Compiles constraints against one vocabulary, caching matchers in memory (the most recently used
+    ``memory_items``, within about `MEMORY_BYTES` of mask tables) and, for regex-based ones, on disk under
+    ``cache_dir`` (None: no disk cache). Thread-safe;
     two threads compiling the same spec at once both compile (the runtime deduplicates in-flight compiles)."""
 
     def __init__(self, vocab: Vocabulary, cache_dir: str | os.PathLike | None = None, memory_items: int = 256):
@@ -167,7 +176,8 @@ class ConstraintCompiler:
         with self._lock:
             self._memory[key] = matcher
             self._memory.move_to_end(key)
-            while len(self._memory) > self.memory_items:
+            while len(self._memory) > 1 and (len(self._memory) > self.memory_items or
+                                             sum(_size(m) for m in self._memory.values()) > MEMORY_BYTES):
                 self._memory.popitem(last=False)
         return matcher
 

@@ -40,7 +40,7 @@ from sglang_dsl.compiler.vocabulary import Vocabulary
 
 MAX_CONFIGURATIONS = 64  # parallel lexing/parsing hypotheses kept per state (each one completable)
 MAX_LEXER_STATES = 50_000
-CACHE_ITEMS = 8192
+CACHE_ITEMS = 2048  # masks kept per matcher (each V/8 bytes); other per-stack caches are cleared past 64x this
 MAX_MASK_DEPTH = 4  # configurations whose masks are computed one inside the other; deeper, tokens are walked
 
 # lark's common.lark spells these with a look-behind, which no automaton supports: equivalent plain regexes
@@ -157,6 +157,11 @@ class _Parser:
         self._feed: dict[tuple, tuple | None] = {}
         self._acceptable: dict[tuple, frozenset[int]] = {}
         self._end: dict[tuple, bool] = {}
+
+    def clear(self) -> None:
+        self._feed.clear()
+        self._acceptable.clear()
+        self._end.clear()
 
     def feed(self, stack: tuple, terminal: int) -> tuple | None:
         key = (stack, terminal)
@@ -455,6 +460,10 @@ class GrammarMatcher:
         cache[key] = value
         if len(cache) > CACHE_ITEMS:
             cache.popitem(last=False)
+        if len(self._after) > 64 * CACHE_ITEMS:  # stacks of a long-running server: start afresh
+            self._after.clear()
+            self._context.clear()
+            self.parser.clear()
 
     def _config_mask(self, config: Config) -> np.ndarray | None:
         """Tokens allowed in one configuration (packed, no EOS). None while that very mask is being computed

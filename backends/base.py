@@ -8,6 +8,10 @@ The interpreter (`sglang_dsl.lang.executor`) hands a backend one call per node t
 - `Backend.cache_prefix`: a hint that several requests will share this prompt (before a ``fork``, before a
   batch); a backend with a prefix cache computes it once.
 - `Backend.chat_template`: how the model renders chat turns (roles render through the model's own template).
+- `Backend.run_segment` (when ``capabilities.segments``): a straight-line run of text / gen / select steps as
+  ONE runtime request that the backend executes step by step (appending fixed text, enforcing each gen's
+  constraint, deciding each select) without returning to the interpreter; one `StepOutput` per gen/select comes
+  back, stored exactly as the per-node calls' results would be. See /work/notes/segments_interface.md.
 
 `Capabilities` says what a backend can do; the interpreter raises `UnsupportedFeatureError` naming the node
 before calling a backend for something it lacks. Backend methods are coroutines run on the interpreter's event
@@ -29,12 +33,14 @@ from sglang_dsl.lang.params import SamplingParams
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can run. ``images``: image inputs; ``select``: likelihood scoring of choices;
-    ``streaming``: incremental output; ``prefix_cache``: `Backend.cache_prefix` does something."""
+    ``streaming``: incremental output; ``prefix_cache``: `Backend.cache_prefix` does something; ``segments``:
+    `Backend.run_segment` runs several text/gen/select steps as one request."""
 
     select: bool = True
     streaming: bool = True
     images: bool = False
     prefix_cache: bool = False
+    segments: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,15 +51,11 @@ class Prompt:
     images: tuple[Image, ...] = ()
 
 
-@dataclass(frozen=True)
-class GenerateCall:
-    """One generation: ``params`` are the program's defaults with the node's settings over them; fields still
-    ``None`` are not sent. ``extra_sampling`` holds native sampling keys set globally (``global_config``)."""
+class _NativeSampling:
+    """How a generation's ``params`` and ``extra_sampling`` are spelled in the native API."""
 
-    node: str
-    prompt: Prompt
     params: SamplingParams
-    extra_sampling: Mapping[str, Any] = field(default_factory=dict)
+    extra_sampling: Mapping[str, Any]
 
     def sampling_params(self) -> dict[str, Any]:
         """The native ``sampling_params`` to send: only the keys that were set."""
@@ -62,6 +64,17 @@ class GenerateCall:
     def logprob_options(self) -> dict[str, Any]:
         """The request-level logprob options that were set."""
         return self.params.native_logprobs()
+
+
+@dataclass(frozen=True)
+class GenerateCall(_NativeSampling):
+    """One generation: ``params`` are the program's defaults with the node's settings over them; fields still
+    ``None`` are not sent. ``extra_sampling`` holds native sampling keys set globally (``global_config``)."""
+
+    node: str
+    prompt: Prompt
+    params: SamplingParams
+    extra_sampling: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,66 @@ class SelectCall:
     choices: tuple[str, ...]
     temperature: float
     method: ChoicesSamplingMethod
+
+
+@dataclass(frozen=True)
+class TextStep:
+    """Fixed text appended to the segment's request."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class GenStep(_NativeSampling):
+    """A generation inside a segment (one sample: ``params.n`` is unset or 1); its output is appended. ``node``
+    names it in errors; ``name`` is the variable it sets (None: none)."""
+
+    node: str
+    name: str | None
+    params: SamplingParams
+    extra_sampling: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SelectStep:
+    """A select inside a segment: the chosen choice is appended (same semantics as `SelectCall`)."""
+
+    node: str
+    name: str | None
+    choices: tuple[str, ...]
+    temperature: float
+    method: ChoicesSamplingMethod
+
+
+SegmentStep = TextStep | GenStep | SelectStep
+
+
+@dataclass(frozen=True)
+class SegmentCall:
+    """Run ``steps`` in order after ``prompt``, as one request. ``node`` is the first step's node (for errors)."""
+
+    node: str
+    prompt: Prompt
+    steps: tuple[SegmentStep, ...]
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one gen/select step produced: ``value`` is the generated text or the chosen choice; ``meta_info`` is
+    the native meta (``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``finish_reason``...; for a
+    select also the choices method's meta), as the per-node call would have returned it."""
+
+    node: str
+    name: str | None
+    value: str
+    meta_info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """One `StepOutput` per `GenStep`/`SelectStep` of the call, in order."""
+
+    outputs: tuple[StepOutput, ...]
 
 
 class ChatTemplate(Protocol):
@@ -111,6 +184,10 @@ class Backend(ABC):
 
     async def select(self, call: SelectCall) -> ChoicesDecision:
         raise UnsupportedFeatureError("select", self.name, node=call.node)
+
+    async def run_segment(self, call: SegmentCall) -> SegmentResult:
+        """Run all of ``call.steps`` as one request (only when ``capabilities.segments``)."""
+        raise UnsupportedFeatureError("segments", self.name, node=call.node)
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         """Compute and keep the KV of ``prompt`` for requests that will share it (a no-op without a cache)."""

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sglang_dsl.lang import loop
@@ -34,12 +36,25 @@ if TYPE_CHECKING:
 StreamChunk = tuple[str, dict]
 
 
+@dataclass(frozen=True)
+class NodeRun:
+    """How one leaf expression ran: ``leaf`` is the very object that was appended (match it by identity),
+    ``started`` its ``time.perf_counter()`` start, ``seconds`` its wall time, ``meta`` the backend's meta for a
+    gen or select (``prompt_tokens``, ``cached_tokens``, ``completion_tokens``...), ``None`` for other kinds."""
+
+    leaf: Expr
+    started: float
+    seconds: float
+    meta: dict | None
+
+
 class Executor:
     """The state of one program (or fork branch) and the runner of what is appended to it.
 
     Public fields (read them under ``changed``): ``text``, ``messages`` (OpenAI format), ``variables``,
     ``meta_info``, ``images``, ``streams`` (per variable, the ``(chunk, meta)`` pieces of a streamed gen),
-    ``error``; ``body_thread`` is the thread running the program's body."""
+    ``error``, ``runs`` (a `NodeRun` per leaf that ran, in order); ``body_thread`` is the thread running the
+    program's body."""
 
     def __init__(self, program: str, backend: "Backend", defaults: SamplingParams, *, stream: bool = False,
                  extra_sampling: dict[str, Any] | None = None, branch: str = ""):
@@ -54,6 +69,7 @@ class Executor:
         self.images: list[Image] = []
         self.streams: dict[str, list[StreamChunk]] = {}
         self.error: BaseException | None = None
+        self.runs: list[NodeRun] = []
         self.ended = False
         self.fork_start = 0
         self.children: list[Executor] = []
@@ -199,7 +215,9 @@ class Executor:
             try:
                 for leaf in expr.flat():
                     self._leaf = leaf
-                    await self._run(leaf)
+                    started = time.perf_counter()
+                    meta = await self._run(leaf)
+                    self.runs.append(NodeRun(leaf, started, time.perf_counter() - started, meta))
             except asyncio.CancelledError:
                 with self.changed:
                     self._task = None
@@ -229,13 +247,14 @@ class Executor:
             self._task = None
             self.changed.notify_all()
 
-    async def _run(self, leaf: Expr) -> None:
+    async def _run(self, leaf: Expr) -> dict | None:
+        """Run one leaf; returns the backend's meta for it (gen, select) or ``None``."""
         handler = self._handlers().get(type(leaf))
         if handler is None:
             raise ProgramError(f"cannot run a {type(leaf).__name__} node")
-        await handler(leaf)
+        return await handler(leaf)
 
-    def _handlers(self) -> dict[type, Callable[[Any], Awaitable[None]]]:
+    def _handlers(self) -> dict[type, Callable[[Any], Awaitable[dict | None]]]:
         return {Text: self._text, Gen: self._gen, Select: self._select, RoleBegin: self._role_begin,
                 RoleEnd: self._role_end, Image: self._image, VarScopeBegin: self._scope_begin,
                 VarScopeEnd: self._scope_end}
@@ -273,20 +292,20 @@ class Executor:
     async def _text(self, leaf: Text) -> None:
         self._append(leaf.value)
 
-    async def _gen(self, leaf: Gen) -> None:
+    async def _gen(self, leaf: Gen) -> dict | None:
         from backends.base import GenerateCall
 
         await self._warm_up()
         call = GenerateCall(f"{self.branch}{leaf.label}", self._prompt(), leaf.params.merged_over(self.defaults),
                             self.extra_sampling)
         if self.stream and (call.params.n or 1) == 1:
-            await self._gen_streamed(leaf, call)
-            return
+            return await self._gen_streamed(leaf, call)
         out = await self.backend.generate(call)
         self._append(out.text if isinstance(out.text, str) else out.text[0])
         self._store(leaf.name, out.text, out.meta_info)
+        return out.meta_info
 
-    async def _gen_streamed(self, leaf: Gen, call) -> None:
+    async def _gen_streamed(self, leaf: Gen, call) -> dict | None:
         if not self.backend.capabilities.streaming:
             raise UnsupportedFeatureError("streaming", self.backend.name)
         chunks: list[StreamChunk] = []
@@ -305,10 +324,12 @@ class Executor:
                 self.text += piece
                 chunks.append((piece, meta))
                 self.changed.notify_all()
-        if last is not None:
-            self._store(leaf.name, last.text, last.meta_info)
+        if last is None:
+            return None
+        self._store(leaf.name, last.text, last.meta_info)
+        return last.meta_info
 
-    async def _select(self, leaf: Select) -> None:
+    async def _select(self, leaf: Select) -> dict:
         from backends.base import SelectCall
 
         if not self.backend.capabilities.select:
@@ -319,6 +340,7 @@ class Executor:
         decision = await self.backend.select(call)
         self._append(decision.decision)
         self._store(leaf.name, decision.decision, decision.meta_info)
+        return decision.meta_info
 
     async def _role_begin(self, leaf: RoleBegin) -> None:
         if self._role is not None:

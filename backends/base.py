@@ -34,21 +34,41 @@ from sglang_dsl.lang.params import SamplingParams
 class Capabilities:
     """What a backend can run. ``images``: image inputs; ``select``: likelihood scoring of choices;
     ``streaming``: incremental output; ``prefix_cache``: `Backend.cache_prefix` does something; ``segments``:
-    `Backend.run_segment` runs several text/gen/select steps as one request."""
+    `Backend.run_segment` runs several text/gen/select steps as one request; ``regex`` / ``json_schema``: those
+    gen constraints (``regex`` covers ``dtype``); ``logprobs``: a gen's ``return_logprob`` and friends;
+    ``completion``: continuing raw text (False for chat-only APIs: a gen or select must open an assistant turn);
+    ``select_methods``: the names of the choices methods select honours (None: any); ``sampling``: the
+    `SamplingParams` fields a gen may set (None: all). `sglang_dsl.compiler.capabilities` checks a program against
+    them before it runs."""
 
     select: bool = True
     streaming: bool = True
     images: bool = False
     prefix_cache: bool = False
     segments: bool = False
+    regex: bool = True
+    json_schema: bool = True
+    logprobs: bool = True
+    completion: bool = True
+    select_methods: frozenset[str] | None = None
+    sampling: frozenset[str] | None = None
+
+    def restricted(self) -> bool:
+        """Whether a gen or select could need something this backend lacks: only then is a program checked as a
+        whole before it runs (images and streaming are also checked node by node as they run)."""
+        return not (self.select and self.regex and self.json_schema and self.logprobs and self.completion
+                    and self.select_methods is None and self.sampling is None)
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """The program's text so far (chat turns already rendered) and the images attached to it."""
+    """The program's text so far (chat turns already rendered) and the images attached to it; for chat APIs also
+    the completed turns (``messages``, OpenAI format) and the open turn's ``(role, content so far)``."""
 
     text: str
     images: tuple[Image, ...] = ()
+    messages: tuple[Mapping[str, Any], ...] = ()
+    turn: tuple[str, str] | None = None
 
 
 class _NativeSampling:
@@ -75,6 +95,7 @@ class GenerateCall(_NativeSampling):
     prompt: Prompt
     params: SamplingParams
     extra_sampling: Mapping[str, Any] = field(default_factory=dict)
+    spec_tokens: int | None = None  # the program's ``num_api_spec_tokens`` (speculation for black-box APIs)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ The interpreter (`sglang_dsl.lang.executor`) hands a backend one call per node t
   those: unset ones are left to the backend) and any constraint (``regex``, ``json_schema``, ``dtype``).
 - `Backend.select`: score every choice after a prompt and decide with the node's choices method.
 - `Backend.cache_prefix`: a hint that several requests will share this prompt (before a ``fork``, before a
-  batch); a backend with a prefix cache computes it once.
+  batch); a backend with a prefix cache computes it once. `Backend.prompt_codec` (its tokenization, for batch
+  plans at token granularity) and `Backend.prepare_constraints` (compile ahead of time) are planning hints.
 - `Backend.chat_template`: how the model renders chat turns (roles render through the model's own template).
 - `Backend.run_segment` (when ``capabilities.segments``): a straight-line run of text / gen / select steps as
   ONE runtime request that the backend executes step by step (appending fixed text, enforcing each gen's
@@ -22,12 +23,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Protocol, Sequence
 
 from sglang_dsl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sglang_dsl.lang.errors import UnsupportedFeatureError
 from sglang_dsl.lang.exprs import Image
 from sglang_dsl.lang.params import SamplingParams
+
+if TYPE_CHECKING:
+    from sglang_dsl.compiler.codec import PromptCodec
+    from sglang_dsl.compiler.constraint import ConstraintSpec
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,15 @@ class Backend(ABC):
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         """Compute and keep the KV of ``prompt`` for requests that will share it (a no-op without a cache)."""
+
+    def prompt_codec(self) -> PromptCodec | None:
+        """How this backend tokenizes prompt text, so plans share prefixes at token granularity (None: unknown;
+        plans then work on characters)."""
+        return None
+
+    def prepare_constraints(self, specs: Sequence[ConstraintSpec]) -> None:
+        """A hint that requests with these constraints will come: a backend that compiles constraints may start
+        now, in the background (a no-op by default; never raises for a bad spec, the request will)."""
 
     def flush_cache(self) -> bool:
         """Drop cached prefixes; False when the backend cannot (or has nothing to flush)."""

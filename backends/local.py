@@ -13,12 +13,16 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import fields, replace
-from typing import Any, AsyncIterator, Awaitable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Mapping, Sequence, TypeVar
 
 from backends.base import Backend, Capabilities, GenerateCall, Generation, Prompt, SelectCall
 from backends.scoring import score_choices
 from sglang_dsl.lang.choices import ChoicesDecision
 from sglang_dsl.lang.errors import ProgramError
+
+if TYPE_CHECKING:
+    from sglang_dsl.compiler.codec import TokenizerCodec
+    from sglang_dsl.compiler.constraint import ConstraintSpec
 
 T = TypeVar("T")
 # How often a caller waiting on the engine checks that it is still running (so nothing waits on a dead engine).
@@ -85,6 +89,19 @@ class Runtime(Backend):
     async def cache_prefix(self, prompt: Prompt) -> None:
         self._check_running()
         await self.prefill(self.encode(prompt.text))
+
+    def prompt_codec(self) -> "TokenizerCodec":
+        from sglang_dsl.compiler.codec import TokenizerCodec
+
+        return TokenizerCodec(self.encode, self.tokenizer)
+
+    def prepare_constraints(self, specs: Sequence["ConstraintSpec"]) -> None:
+        """Start compiling ``specs`` on the engine's constraint worker (cached; requests then find them ready)."""
+        for spec in specs:
+            try:
+                self.engine.constraints.compile(spec)
+            except Exception as err:  # noqa: BLE001 -- a hint: the request itself reports a bad constraint
+                logging.getLogger(__name__).debug("not compiling %s ahead: %s", spec.description, err)
 
     def flush_cache(self) -> bool:
         return not self._closed and self.engine.flush_cache()

@@ -116,3 +116,12 @@ def test_roles_need_a_template():
     assert info.text == "<system>Be terse.</system><user>"
     assert info.end == graph.nodes[5].name  # the text reading %question
 
+
+
+def test_bound_prefix_substitutes_arguments_up_to_the_first_request():
+    from sglang_dsl.compiler.prefix import bound_prefix
+
+    graph = qa.trace()
+    info = bound_prefix(graph, {"question": 7}, encode=words)
+    assert info.text == HEADER + "Q: 7\nA:" and info.end == "gen_answer"
+    assert info.tokens == len(words(info.text))  # the whole prompt of the gen

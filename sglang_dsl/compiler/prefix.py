@@ -16,11 +16,11 @@ whole prompt is tokenized, so it is not counted. When the prefix is exactly the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from sglang_dsl.ir.graph import Graph
 from sglang_dsl.ir.nodes import (
-    MAIN, Fork, Gen, Node, Placeholder, RoleBegin, RoleEnd, ScopeBegin, ScopeEnd, Select, Text,
+    MAIN, Fork, Gen, Node, Placeholder, Ref, RoleBegin, RoleEnd, ScopeBegin, ScopeEnd, Select, Text,
 )
 
 Encode = Callable[[str], Sequence[int]]
@@ -53,7 +53,15 @@ def constant_prefix(graph: Graph, encode: Encode | None = None, *, template: Any
     """The constant prefix of ``graph`` (see the module docstring). ``encode`` maps text to token ids (a
     backend's tokenizer); ``template`` is a chat template (`backends.base.ChatTemplate`) used to render role
     nodes, which otherwise end the prefix."""
-    walk = _Walk(template)
+    return bound_prefix(graph, {}, encode, template=template)
+
+
+def bound_prefix(graph: Graph, arguments: Mapping[str, Any], encode: Encode | None = None, *,
+                 template: Any = None) -> PrefixInfo:
+    """The prefix known once ``arguments`` (values of some or all of the graph's placeholders) are bound: as
+    `constant_prefix`, but a text part reading a bound argument is its ``str()``. With every argument bound it
+    is the prompt of the program's first request (or its text up to the dynamic boundary)."""
+    walk = _Walk(graph, arguments, template)
     for node in graph:
         if node.stream != MAIN or isinstance(node, Placeholder):
             continue
@@ -66,7 +74,9 @@ def constant_prefix(graph: Graph, encode: Encode | None = None, *, template: Any
 class _Walk:
     """The constant text so far, and the chat turns it has completed (for rendering the next role)."""
 
-    def __init__(self, template: Any) -> None:
+    def __init__(self, graph: Graph, arguments: Mapping[str, Any], template: Any) -> None:
+        self.graph = graph
+        self.arguments = arguments
         self.template = template
         self.text = ""
         self.nodes: list[str] = []
@@ -80,8 +90,10 @@ class _Walk:
         if isinstance(node, Text):
             for part in node.parts:
                 if not isinstance(part, str):
-                    self.partial = True
-                    return f"%{node.name} reads %{part.node} ({part.var!r})"
+                    if not self.bound(part):
+                        self.partial = True
+                        return f"%{node.name} reads %{part.node} ({part.var!r})"
+                    part = str(self.arguments[part.var])
                 self.text += part
         elif isinstance(node, (ScopeBegin, ScopeEnd)):
             pass
@@ -93,6 +105,9 @@ class _Walk:
             return f"%{node.name} is a {node.op}"
         self.nodes.append(node.name)
         return None
+
+    def bound(self, ref: Ref) -> bool:
+        return isinstance(self.graph[ref.node], Placeholder) and ref.var in self.arguments
 
     def role(self, node: RoleBegin | RoleEnd) -> None:
         from sglang_dsl.lang.roles import turn_closing, turn_opening

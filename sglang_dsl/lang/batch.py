@@ -1,10 +1,11 @@
 """``run_batch``: one program over many argument sets, concurrently, in input order.
 
 Bodies run on a thread pool (they are ordinary blocking Python); their expressions all run on the interpreter
-loop, so the backend sees the whole batch at once and batches it. Before the rest start, the first program's
-prompt is handed to the backend's prefix cache when its first request goes out (``global_config.
-enable_precache_with_tracing``), so a prefix the batch shares (few-shot examples, a system prompt) is computed
-once and not by every program that arrives together."""
+loop, so the backend sees the whole batch at once and batches it. On a backend with a prefix cache
+(``global_config.enable_precache_with_tracing``), a program that traces runs by a batch plan
+(`sglang_dsl.lang.planned_batch`): every prefix the batch shares is computed once, before its group, and the
+programs start in the plan's depth-first order. Otherwise (``enable_batch_planning`` off, or no trace), the first
+program's prompt is handed to the prefix cache when its first request goes out and the rest start after it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from sglang_dsl.lang.config import global_config, resolve_backend
 from sglang_dsl.lang.params import SamplingParams
+from sglang_dsl.lang.planned_batch import plan_for, submit_planned
 from sglang_dsl.lang.state import ProgramState
 
 if TYPE_CHECKING:
@@ -35,21 +37,21 @@ def run_batch(function: "SglFunction", batch: list, defaults: SamplingParams, ba
 
 def _states(function: "SglFunction", arguments: list[dict[str, Any]], defaults: SamplingParams,
             backend: "Backend", threads: int, progress_bar: bool) -> Iterator[ProgramState]:
-    warm = threading.Event()
     precache = global_config.enable_precache_with_tracing and len(arguments) > 1
+    plan = plan_for(function, arguments, backend) if precache and global_config.enable_batch_planning else None
 
-    def one(args: dict[str, Any], first: bool) -> ProgramState:
-        state = function.execute(args, defaults, backend, before_first_request=warm.set if first else None)
+    def one(args: dict[str, Any], before_first_request=None) -> ProgramState:
+        state = function.execute(args, defaults, backend, before_first_request=before_first_request)
         state.error()  # wait for it; a failure stays in the state
         return state
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"sglang-dsl-{function.name}") as pool:
-        futures: list[Future[ProgramState]] = [pool.submit(one, arguments[0], precache)]
-        if precache:
-            futures[0].add_done_callback(lambda _: warm.set())
-            warm.wait()
+        futures: list[Future[ProgramState]] = []
         try:
-            futures += [pool.submit(one, args, False) for args in arguments[1:]]
+            if plan is not None:
+                futures = submit_planned(plan, pool, backend, lambda i: one(arguments[i]))
+            else:
+                futures = _submit_unplanned(pool, one, arguments, precache)
             with _progress(function.name, len(futures), progress_bar) as advance:
                 for future in futures:
                     future.add_done_callback(lambda _: advance())
@@ -58,6 +60,17 @@ def _states(function: "SglFunction", arguments: list[dict[str, Any]], defaults: 
         finally:
             for future in futures:
                 future.cancel()
+
+
+def _submit_unplanned(pool: ThreadPoolExecutor, one, arguments: list[dict[str, Any]],
+                      precache: bool) -> list[Future[ProgramState]]:
+    """All programs at once; with ``precache``, the first one's prompt is cached before the others start."""
+    warm = threading.Event()
+    first = pool.submit(one, arguments[0], warm.set if precache else None)
+    if precache:
+        first.add_done_callback(lambda _: warm.set())
+        warm.wait()
+    return [first] + [pool.submit(one, args) for args in arguments[1:]]
 
 
 def _arguments(function: "SglFunction", entry: Any) -> dict[str, Any]:

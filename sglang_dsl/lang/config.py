@@ -16,7 +16,9 @@ class GlobalConfig:
     """Settings read by every run. ``verbosity >= 2`` prints each program's text after ``run``;
     ``skip_special_tokens_in_output`` and ``spaces_between_special_tokens_in_out`` are sent to the backend
     when changed from their defaults; ``enable_precache_with_tracing`` lets ``run_batch`` compute the batch's
-    shared prefix once before running the rest of the batch."""
+    shared prefix once before running the rest of the batch; with ``enable_batch_planning`` as well, it does so by
+    a batch plan (`sglang_dsl.compiler.batch_plan`: every shared prefix once, depth-first) when the program
+    traces."""
 
     def __init__(self) -> None:
         self.verbosity = 0
@@ -24,6 +26,7 @@ class GlobalConfig:
         self.skip_special_tokens_in_output = True
         self.spaces_between_special_tokens_in_out = True
         self.enable_precache_with_tracing = True
+        self.enable_batch_planning = True
 
     def extra_sampling(self) -> dict[str, Any]:
         """The native sampling keys these settings add to every generation (none at their defaults)."""

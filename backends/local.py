@@ -16,7 +16,7 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Mapping, Sequence, TypeVar
 
 from backends.base import Backend, Capabilities, GenerateCall, Generation, Prompt, SelectCall
-from backends.scoring import score_choices
+from backends.scoring import EngineScorer, score_choices
 from sglang_dsl.lang.choices import ChoicesDecision
 from sglang_dsl.lang.errors import ProgramError
 
@@ -84,7 +84,7 @@ class Runtime(Backend):
 
     async def select(self, call: SelectCall) -> ChoicesDecision:
         self._check_running()
-        return await score_choices(self, call)
+        return await score_choices(EngineScorer(self), call)
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         self._check_running()

@@ -23,11 +23,11 @@ from sglang_dsl.lang.state import ProgramState, ProgramStateGroup
 
 __version__ = "0.1.0"
 
-_LAZY = {"Runtime": ("backends.local", "Runtime")}
+_LAZY = {"Runtime": ("backends.local", "Runtime"), "RuntimeEndpoint": ("backends.endpoint", "RuntimeEndpoint")}
 
 
 def __getattr__(name: str) -> Any:
-    """``Runtime`` is imported on first use: it loads torch and the runtime."""
+    """``Runtime`` (torch and the runtime) and ``RuntimeEndpoint`` (httpx) are imported on first use."""
     if name in _LAZY:
         import importlib
 
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "function", "gen", "gen_int", "gen_string", "select", "image", "system", "user", "assistant",
     "system_begin", "system_end", "user_begin", "user_end", "assistant_begin", "assistant_end",
-    "set_default_backend", "flush_cache", "get_server_info", "global_config", "Runtime",
+    "set_default_backend", "flush_cache", "get_server_info", "global_config", "Runtime", "RuntimeEndpoint",
     "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized",
     "ChoicesSamplingMethod", "ChoicesDecision", "SglFunction", "ProgramState", "ProgramStateGroup",
     "ProgramError", "UnsupportedFeatureError", "__version__",

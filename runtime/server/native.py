@@ -1,5 +1,5 @@
 """SGLang's native HTTP API, as its frontend's ``RuntimeEndpoint`` uses it: ``/generate`` (single or batch, plain
-or streamed), model and server info, cache flush, health checks, abort, and ``/metrics``."""
+or streamed), model and server info, tokenization, cache flush, health checks, abort, and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from runtime.server.dispatch import (
     top_logprob_lists, wait_for_disconnect,
 )
 from runtime.server.errors import APIError, as_api_error
-from runtime.server.schemas import AbortBody, GenerateBody, parse_body
+from runtime.server.schemas import AbortBody, GenerateBody, TokenizeBody, parse_body
 from runtime.server.sse import DONE, EventStream, event
 from runtime.server.state import ServerState, server_state
 
@@ -166,7 +166,22 @@ async def model_info(request: Request) -> dict:
         "context_length": state.context_length(),
         "has_image_understanding": False,
         "has_audio_understanding": False,
+        # Our extension: remote clients render roles exactly as the model's template does.
+        "chat_template": engine.tokenizer.chat_template,
+        "chat_template_variables": engine.tokenizer.chat_template_variables,
+        "bos_token_id": engine.tokenizer.bos_token_id,
     }
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> dict:
+    """Token ids of ``prompt`` (a string or a list of them), as SGLang's ``/tokenize`` answers them."""
+    state = server_state(request)
+    body = parse_body(await request.body(), TokenizeBody)
+    prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
+    tokens = [state.engine.tokenizer.encode(p, add_special_tokens=body.add_special_tokens) for p in prompts]
+    return {"tokens": tokens if isinstance(body.prompt, list) else tokens[0],
+            "count": sum(len(t) for t in tokens), "max_model_len": state.context_length()}
 
 
 @router.get("/server_info")

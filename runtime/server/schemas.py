@@ -162,6 +162,11 @@ class AbortBody(_Body):
     abort_all: bool = False
 
 
+class TokenizeBody(_Body):
+    prompt: str | list[str]
+    add_special_tokens: bool = True
+
+
 # --------------------------------------------------------------------------------------------- OpenAI API
 
 class StreamOptions(_Body):

@@ -44,6 +44,11 @@ class Tokenizer:
         self.eos_token_ids = frozenset(end_ids | self._turn_end_ids())
 
     @property
+    def chat_template_variables(self) -> dict[str, str]:
+        """The special-token variables the chat template is rendered with (``bos_token``, ``eos_token``)."""
+        return dict(self._template_tokens)
+
+    @property
     def vocab_size(self) -> int:
         """Number of ids the tokenizer knows, added tokens included."""
         return self._backend.get_vocab_size(with_added_tokens=True)

@@ -1,0 +1,239 @@
+"""``RuntimeEndpoint``: programs run on a server that speaks SGLang's native API — ``sglang-dsl serve`` or an
+SGLang deployment — over a pooled async HTTP client (`backends.http`).
+
+What goes over the wire:
+
+- ``gen``: ``POST /generate`` with the program's text and the sampling parameters the program set (constraints
+  included), logprob options and images; ``stream`` uses the server-sent-event form (cumulative text).
+- ``select``: the same algorithm as the local runtime (`backends.scoring`): the choices are tokenized with
+  ``POST /tokenize``, the prefix prefilled once, and every ``prefix + choice`` scored in one batch of
+  ``input_ids`` requests that return prompt-token logprobs; all three choices methods work.
+- ``cache_prefix`` (fork, run_batch): a ``max_new_tokens=0`` request, as SGLang's frontend sends.
+- Chat roles render through the model's own Jinja template when the server's ``/get_model_info`` carries it
+  (ours does), else through ``chat_template_name`` (`backends.chat_templates`).
+- Segments: when ``/server_info`` says ``"program_endpoint": true``, a straight-line run of text/gen/select
+  nodes is one ``POST /generate_program`` (`Backend.run_segment`).
+
+Everything is async on the interpreter's loop, so a batch keeps up to ``max_concurrency`` requests in flight."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+from backends.base import (
+    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentResult, SelectCall,
+    SelectStep, StepOutput, TextStep,
+)
+from backends.http import HttpClient, HttpConfig, HttpError
+from backends.scoring import ZERO_TOKENS, ScoredPrompt, score_choices
+from sglang_dsl.lang import loop
+from sglang_dsl.lang.choices import ChoicesDecision
+from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
+
+# The choices methods a server's program endpoint runs itself.
+SERVER_SELECT_METHODS = frozenset({
+    "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized"})
+
+
+class InvalidRequestError(HttpError):
+    """The server refused a request as invalid (HTTP 400): its message first, then where it came from."""
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.url} answered {self.status})"
+
+
+class RuntimeEndpoint(Backend):
+    """A native-API server at ``base_url``. ``api_key`` is sent as ``Authorization: Bearer``; ``verify`` is a
+    CA bundle path (or False); ``chat_template_name`` picks a named template for servers that do not send theirs.
+    ``timeout``: seconds to wait for any response bytes; ``max_retries``: retries on connection errors and 503;
+    ``max_concurrency``: requests (and ``run_batch`` programs) in flight at once.
+
+    The constructor asks the server for its model and server info (and fails with the URL if it cannot)."""
+
+    name = "runtime endpoint"
+
+    def __init__(self, base_url: str, api_key: str | None = None, verify: bool | str | None = None,
+                 chat_template_name: str | None = None, *, timeout: float = 120.0, max_retries: int = 3,
+                 max_concurrency: int = 256):
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        config = HttpConfig(timeout=timeout, max_retries=max_retries, max_connections=max_concurrency,
+                            verify=True if verify is None else verify)
+        self.http = HttpClient(self.base_url, api_key, config=config)
+        self._closed = False
+        self.model_info: dict[str, Any] = loop.run(self.http.get_json("/get_model_info"))
+        self._server_info: dict[str, Any] = loop.run(self.http.get_json("/server_info"))
+        self._template = _template(self.model_info, chat_template_name)
+        self.capabilities = Capabilities(
+            select=True, streaming=True, prefix_cache=True,
+            images=bool(self.model_info.get("has_image_understanding")),
+            segments=bool(self._server_info.get("program_endpoint")),
+        )
+        self._bos_text = (self.model_info.get("chat_template_variables") or {}).get("bos_token")
+
+    def __repr__(self) -> str:
+        return f"RuntimeEndpoint({self.base_url!r})"
+
+    # ---- the backend interface --------------------------------------------------------------------------
+
+    def chat_template(self):
+        return self._template
+
+    async def generate(self, call: GenerateCall) -> Generation:
+        result = await self._post("/generate", self._generate_payload(call))
+        results = result if isinstance(result, list) else [result]
+        texts = [_checked(r)["text"] for r in results]
+        metas = [r["meta_info"] for r in results]
+        if not isinstance(result, list) and (call.params.n or 1) == 1:
+            return Generation(texts[0], metas[0])
+        return Generation(texts, metas)
+
+    async def stream(self, call: GenerateCall) -> AsyncIterator[Generation]:
+        self._check_open()
+        payload = {**self._generate_payload(call), "stream": True}
+        finished = False
+        try:
+            async for event in self.http.stream_events("/generate", payload):
+                finished = _checked(event)["meta_info"].get("finish_reason") is not None
+                yield Generation(event["text"], event["meta_info"], finished)
+        except HttpError as err:
+            raise _refined(err) from err.__cause__
+        if not finished:
+            raise ProgramError(f"the stream from {self.http.url('/generate')} ended before the generation finished")
+
+    async def select(self, call: SelectCall) -> ChoicesDecision:
+        return await score_choices(_HttpScorer(self), call)
+
+    async def cache_prefix(self, prompt: Prompt) -> None:
+        await self._post("/generate", {"text": prompt.text, "sampling_params": ZERO_TOKENS, **_images(prompt)})
+
+    async def run_segment(self, call: SegmentCall) -> SegmentResult:
+        if not self.capabilities.segments:
+            return await super().run_segment(call)
+        payload = {"text": call.prompt.text, "steps": [_segment_step(step) for step in call.steps],
+                   **_images(call.prompt)}
+        result = await self._post("/generate_program", payload)
+        return SegmentResult(tuple(StepOutput(o["node"], o.get("name"), o["value"], o.get("meta_info") or {})
+                                   for o in result["outputs"]))
+
+    def flush_cache(self) -> bool:
+        if self._closed:
+            return False
+        try:
+            loop.run(self.http.post_json("/flush_cache", None))
+        except HttpError as err:
+            if err.status == 400:  # the server is busy: SGLang answers 400, and so do we
+                return False
+            raise
+        except ProgramError:
+            return False
+        return True
+
+    def server_info(self) -> dict[str, Any]:
+        self._check_open()
+        return loop.run(self.http.get_json("/server_info"))
+
+    def shutdown(self) -> None:
+        """Close the connections (the server keeps running); later calls fail at once."""
+        if not self._closed:
+            self._closed = True
+            self.http.close()
+
+    def __enter__(self) -> "RuntimeEndpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a program's text, as the server tokenizes it (from a thread outside the loop)."""
+        return loop.run(self.encode_all([text]))[0]
+
+    async def encode_all(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text (``POST /tokenize``); BOS is not added twice when the text already starts with
+        it (the chat template wrote it)."""
+        add_special = not (self._bos_text and texts and texts[0].startswith(self._bos_text))
+        result = await self._post("/tokenize", {"prompt": list(texts), "add_special_tokens": add_special})
+        return result["tokens"]
+
+    # ---- requests ---------------------------------------------------------------------------------------
+
+    def _generate_payload(self, call: GenerateCall) -> dict[str, Any]:
+        return {"text": call.prompt.text, "sampling_params": call.sampling_params(), **call.logprob_options(),
+                **_images(call.prompt)}
+
+    async def _post(self, path: str, payload: Any) -> Any:
+        self._check_open()
+        try:
+            return await self.http.post_json(path, payload)
+        except HttpError as err:
+            raise _refined(err) from err.__cause__
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProgramError(f"the endpoint {self.base_url} has been shut down")
+
+
+class _HttpScorer:
+    """`backends.scoring.TokenScorer` over ``/tokenize`` and ``input_ids`` requests to ``/generate``."""
+
+    def __init__(self, endpoint: RuntimeEndpoint):
+        self.endpoint = endpoint
+        self.bos_token_id = endpoint.model_info.get("bos_token_id")
+        self.encode_all = endpoint.encode_all
+
+    async def prefill(self, ids: Sequence[int]) -> int:
+        result = await self.endpoint._post("/generate", {"input_ids": list(ids), "sampling_params": ZERO_TOKENS})
+        return _checked(result)["meta_info"].get("cached_tokens", 0)
+
+    async def score(self, prompts: Sequence[Sequence[int]], start: int) -> list[ScoredPrompt]:
+        results = await self.endpoint._post("/generate", {
+            "input_ids": [list(ids) for ids in prompts], "sampling_params": ZERO_TOKENS, "return_logprob": True,
+            "logprob_start_len": start, "return_text_in_logprobs": True})
+        return [ScoredPrompt([tuple(entry) for entry in _checked(r)["meta_info"]["input_token_logprobs"]],
+                             r["meta_info"].get("cached_tokens", 0))
+                for r in results]
+
+
+def _checked(result: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``result``, unless the server aborted the request: then raise its message."""
+    finish = result.get("meta_info", {}).get("finish_reason")
+    if isinstance(finish, dict) and finish.get("type") == "abort":
+        raise ProgramError(f"the server aborted the request: {finish.get('message')}")
+    return result
+
+
+def _refined(err: HttpError) -> HttpError:
+    if err.status == 400:
+        return InvalidRequestError(err.url, err.message, err.status)
+    return err
+
+
+def _images(prompt: Prompt) -> dict[str, Any]:
+    return {"image_data": [image.base64() for image in prompt.images]} if prompt.images else {}
+
+
+def _segment_step(step: Any) -> dict[str, Any]:
+    if isinstance(step, TextStep):
+        return {"type": "text", "text": step.text}
+    if isinstance(step, GenStep):
+        return {"type": "gen", "node": step.node, "name": step.name, "sampling_params": step.sampling_params(),
+                **step.logprob_options()}
+    if isinstance(step, SelectStep):
+        if step.method.name not in SERVER_SELECT_METHODS:
+            raise UnsupportedFeatureError("custom choices methods in a program request", RuntimeEndpoint.name,
+                                          node=step.node)
+        return {"type": "select", "node": step.node, "name": step.name, "choices": list(step.choices),
+                "temperature": step.temperature, "method": step.method.name}
+    raise TypeError(f"unknown segment step {type(step).__name__}")
+
+
+def _template(model_info: Mapping[str, Any], name: str | None):
+    """The chat template: a named one when asked for, else the server's own, else None."""
+    from backends.chat_templates import JinjaTemplate, named_template
+
+    if name is not None:
+        return named_template(name)
+    if model_info.get("chat_template"):
+        return JinjaTemplate(model_info["chat_template"], model_info.get("chat_template_variables") or {})
+    return None

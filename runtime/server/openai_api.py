@@ -26,6 +26,11 @@ router = APIRouter(prefix="/v1")
 # OpenAI's stand-in for the logprob of an impossible token (JSON has no -inf).
 MIN_LOGPROB = -9999.0
 
+# What this server takes beyond the OpenAI API, for clients to discover (`backends.openai` reads it): the
+# ``regex`` / ``json_schema`` / ``ebnf`` constraint fields, chat ``response_format``, the ``sampling`` extras
+# (top_k, min_p, min_tokens, ignore_eos, stop_token_ids), logprobs, and echoed prompt logprobs on completions.
+EXTENSIONS = ("regex", "json_schema", "ebnf", "response_format", "sampling", "logprobs", "echo_logprobs")
+
 # Template variables the server sets itself; ``chat_template_kwargs`` cannot override them.
 _TEMPLATE_RESERVED = frozenset({"messages", "add_generation_prompt", "tools", "self"})
 
@@ -57,7 +62,8 @@ async def retrieve_model(model: str, request: Request) -> dict:
 
 def _model_card(state: ServerState) -> dict:
     return {"id": state.served_model_name, "object": "model", "created": int(state.started),
-            "owned_by": "sglang-dsl", "root": state.engine.model_path, "max_model_len": state.context_length()}
+            "owned_by": "sglang-dsl", "root": state.engine.model_path, "max_model_len": state.context_length(),
+            "extensions": list(EXTENSIONS)}
 
 
 def _check_model(state: ServerState, name: str | None) -> None:

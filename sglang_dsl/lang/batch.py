@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator
 
+from sglang_dsl.compiler.capabilities import check_run
 from sglang_dsl.lang.config import global_config, resolve_backend
 from sglang_dsl.lang.params import SamplingParams
 from sglang_dsl.lang.planned_batch import plan_for, submit_planned
@@ -31,6 +32,8 @@ def run_batch(function: "SglFunction", batch: list, defaults: SamplingParams, ba
     if not arguments:
         return iter(()) if generator_style else []
     backend = resolve_backend(backend)
+    for args in arguments:
+        check_run(function, args, defaults, backend)
     states = _states(function, arguments, defaults, backend, _threads(num_threads, len(arguments)), progress_bar)
     return states if generator_style else list(states)
 

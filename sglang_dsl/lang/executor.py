@@ -57,9 +57,10 @@ class Executor:
     program's body."""
 
     def __init__(self, program: str, backend: "Backend", defaults: SamplingParams, *, stream: bool = False,
-                 extra_sampling: dict[str, Any] | None = None, branch: str = ""):
+                 extra_sampling: dict[str, Any] | None = None, branch: str = "", spec_tokens: int | None = None):
         self.program, self.backend, self.defaults, self.stream = program, backend, defaults, stream
         self.extra_sampling = extra_sampling or {}
+        self.spec_tokens = spec_tokens
         self.branch = branch
         self.changed = threading.Condition()
         self.text = ""
@@ -194,7 +195,8 @@ class Executor:
 
     def _branch(self, index: int) -> "Executor":
         child = Executor(self.program, self.backend, self.defaults, stream=self.stream,
-                         extra_sampling=self.extra_sampling, branch=f"{self.branch}fork[{index}] ")
+                         extra_sampling=self.extra_sampling, branch=f"{self.branch}fork[{index}] ",
+                         spec_tokens=self.spec_tokens)
         child.text, child.messages = self.text, copy.deepcopy(self.messages)
         child.variables, child.images = dict(self.variables), list(self.images)
         child._role, child._role_start, child._turn_images = self._role, self._role_start, list(self._turn_images)
@@ -277,7 +279,8 @@ class Executor:
     def _prompt(self):
         from backends.base import Prompt
 
-        return Prompt(self.text, tuple(self.images))
+        turn = (self._role, self.text[self._role_start:]) if self._role is not None else None
+        return Prompt(self.text, tuple(self.images), tuple(self.messages), turn)
 
     async def _warm_up(self) -> None:
         """For the first program of a batch: cache this prompt, then let the others start."""
@@ -297,7 +300,7 @@ class Executor:
 
         await self._warm_up()
         call = GenerateCall(f"{self.branch}{leaf.label}", self._prompt(), leaf.params.merged_over(self.defaults),
-                            self.extra_sampling)
+                            self.extra_sampling, self.spec_tokens)
         if self.stream and (call.params.n or 1) == 1:
             return await self._gen_streamed(leaf, call)
         out = await self.backend.generate(call)

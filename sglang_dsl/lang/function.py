@@ -11,6 +11,7 @@ import inspect
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from sglang_dsl.compiler.capabilities import check_run
 from sglang_dsl.lang.config import global_config, resolve_backend
 from sglang_dsl.lang.executor import Executor
 from sglang_dsl.lang.params import SamplingParams
@@ -72,7 +73,9 @@ class SglFunction:
             **kwargs: Any) -> ProgramState:
         """Run the program and return its state once everything it appended has run (at once with
         ``stream=True``: iterate ``text_iter()``). Raises the body's own exceptions unchanged, and a
-        `ProgramError` naming the node when the backend fails. ``use_thread`` is accepted for compatibility."""
+        `ProgramError` naming the node when the backend fails (`UnsupportedFeatureError` before any request
+        when the backend lacks what a node needs: `sglang_dsl.compiler.capabilities`). ``use_thread`` is
+        accepted for compatibility."""
         defaults = SamplingParams.build(
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, n=n, stop=stop,
             stop_token_ids=stop_token_ids, stop_regex=stop_regex, temperature=temperature, top_p=top_p,
@@ -80,6 +83,8 @@ class SglFunction:
             ignore_eos=ignore_eos, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num, return_text_in_logprobs=return_text_in_logprobs)
         arguments = self.arguments(args, kwargs)
+        backend = resolve_backend(backend)
+        check_run(self, arguments, defaults, backend)
         if stream:
             return self.start(arguments, defaults, backend, stream=True)
         state = self.execute(arguments, defaults, backend)
@@ -183,7 +188,7 @@ class SglFunction:
 
     def _new_state(self, defaults: SamplingParams, backend: "Backend | None", stream: bool) -> ProgramState:
         executor = Executor(self.name, resolve_backend(backend), defaults, stream=stream,
-                            extra_sampling=global_config.extra_sampling())
+                            extra_sampling=global_config.extra_sampling(), spec_tokens=self.num_api_spec_tokens)
         return ProgramState(executor)
 
 

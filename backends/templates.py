@@ -1,0 +1,39 @@
+"""Chat templates for backends whose model renders chat itself (hosted chat APIs): the program's text then only
+needs a readable rendering of the turns, while the API receives the turns as messages.
+
+`RoleTemplate` wraps each message in its role's prefix and suffix. ``DEFAULT`` is SGLang's ``default`` template
+(``SYSTEM:``/``USER:``/``ASSISTANT:`` lines), ``CLAUDE`` its ``claude`` template (``Human:``/``Assistant:``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from sglang_dsl.lang.executor import _text_content
+
+
+@dataclass(frozen=True)
+class RoleTemplate:
+    """``roles`` maps a role to its ``(prefix, suffix)``; ``image_token`` marks an image in the text."""
+
+    roles: Mapping[str, tuple[str, str]]
+    image_token: str | None = "<image>"
+
+    def render(self, messages: Sequence[Mapping[str, object]], add_generation_prompt: bool = False) -> str:
+        parts = []
+        for message in messages:
+            prefix, suffix = self._affixes(message["role"])
+            parts.append(prefix + _text_content(message["content"]) + suffix)
+        if add_generation_prompt:
+            parts.append(self._affixes("assistant")[0])
+        return "".join(parts)
+
+    def _affixes(self, role: str) -> tuple[str, str]:
+        if role not in self.roles:
+            raise ValueError(f"the chat template has no {role!r} role (roles: {', '.join(self.roles)})")
+        return self.roles[role]
+
+
+DEFAULT = RoleTemplate({"system": ("SYSTEM:", "\n"), "user": ("USER:", "\n"), "assistant": ("ASSISTANT:", "\n")})
+CLAUDE = RoleTemplate({"system": ("", ""), "user": ("\n\nHuman: ", ""), "assistant": ("\n\nAssistant:", "")},
+                      image_token=None)

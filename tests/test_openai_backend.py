@@ -1,0 +1,160 @@
+"""The OpenAI backend against a plain OpenAI-compatible stub (tests/openai_stub.py, loopback, no model): request
+mapping, capabilities read from the server, unsupported features reported before any request, and API
+speculative execution (``num_api_spec_tokens``) answering several gens from one request."""
+
+from __future__ import annotations
+
+import pytest
+
+import sglang_dsl as sgl
+from backends.openai import OpenAI, capabilities_for
+from backends.openai_wire import echoed_entries, sampling_fields
+from openai_stub import OpenAIStub
+from runtime.server import BackgroundServer
+from sglang_dsl.lang.params import SamplingParams
+
+DOCUMENT = "Name: Alice\nBirthday: May 1\nJob: pilot\n"
+
+
+@pytest.fixture(scope="module")
+def stub():
+    stub = OpenAIStub(DOCUMENT)
+    with BackgroundServer(stub.app) as server:
+        stub.url = server.url + "/v1"
+        yield stub
+
+
+@pytest.fixture
+def completion(stub):
+    stub.requests.clear()
+    stub.bodies.clear()
+    backend = OpenAI(stub.model, base_url=stub.url, api_key="sk-test", is_chat_model=False)
+    yield backend
+    backend.shutdown()
+
+
+@pytest.fixture
+def chat(stub):
+    stub.requests.clear()
+    stub.bodies.clear()
+    backend = OpenAI(stub.model, base_url=stub.url, api_key="sk-test", is_chat_model=True)
+    yield backend
+    backend.shutdown()
+
+
+def profile(spec=None):
+    @sgl.function(num_api_spec_tokens=spec)
+    def person(s):
+        s += "Name:" + sgl.gen("name", stop="\n", max_tokens=8)
+        s += "\nBirthday:" + sgl.gen("birthday", stop="\n", max_tokens=8)
+        s += "\nJob:" + sgl.gen("job", stop="\n", max_tokens=8)
+
+    return person
+
+
+def test_a_server_that_advertises_nothing_gets_the_minimal_capabilities(completion, stub):
+    assert completion.features == {"logprobs"} and stub.requests["models"] == 1
+    caps = completion.capabilities
+    assert caps.completion and not caps.select and not caps.regex and not caps.json_schema
+    assert capabilities_for(frozenset({"echo_logprobs"}), chat=False).select
+    chat_caps = capabilities_for(frozenset({"regex"}), chat=True)
+    assert chat_caps.select and not chat_caps.completion and chat_caps.select_methods == {"token_length_normalized"}
+    with pytest.raises(ValueError, match="unknown OpenAI server features grammar"):
+        OpenAI(stub.model, base_url=stub.url, features=["grammar"])
+
+
+def test_completion_programs_and_what_is_sent(completion, stub):
+    state = profile().run(backend=completion, temperature=0)
+    assert (state["name"], state["birthday"], state["job"]) == (" Alice", " May 1", " pilot")
+    assert stub.requests["completions"] == 3
+    assert stub.bodies[0] == {"model": "stub-model", "prompt": "Name:", "max_tokens": 8, "stop": ["\n"],
+                              "temperature": 0}
+    assert completion.token_usage.prompt_tokens == 15 and completion.token_usage.completion_tokens == 9
+    streamed = profile().run(backend=completion, temperature=0, stream=True)
+    assert "".join(streamed.text_iter()) == "Name: Alice\nBirthday: May 1\nJob: pilot"
+
+
+def test_speculation_answers_several_gens_from_one_request(completion, stub):
+    state = profile(spec=64).run(backend=completion, temperature=0)
+    assert (state["name"], state["birthday"], state["job"]) == (" Alice", " May 1", " pilot")
+    assert stub.requests["completions"] == 1  # three gens, one request
+    assert stub.bodies[0] == {"model": "stub-model", "prompt": "Name:", "max_tokens": 64, "temperature": 0}
+    assert state.get_meta_info("birthday")["speculated"] is True
+
+
+def test_speculation_that_misses_falls_back_to_a_request(completion, stub):
+    @sgl.function(num_api_spec_tokens=64)
+    def person(s):
+        s += "Name:" + sgl.gen("name", stop="\n", max_tokens=8)
+        s += "\nHobby:" + sgl.gen("hobby", stop="\n", max_tokens=8)  # not what the model wrote next
+
+    state = person.run(backend=completion)
+    assert (state["name"], state["hobby"]) == (" Alice", "unknown")
+    assert stub.requests["completions"] == 2
+
+
+def test_chat_speculation_fills_the_gens_of_one_assistant_turn(chat, stub):
+    @sgl.function(num_api_spec_tokens=64)
+    def person(s):
+        s += sgl.user("Describe a person.")
+        s += sgl.assistant("Name:" + sgl.gen("name", stop="\n") + "\nBirthday:" + sgl.gen("birthday", stop="\n"))
+
+    state = person.run(backend=chat)
+    assert (state["name"], state["birthday"]) == (" Alice", " May 1")
+    assert stub.requests["chat"] == 1
+    assert stub.bodies[0]["messages"] == [{"role": "user", "content": "Describe a person."}]
+    assert state.messages()[-1] == {"role": "assistant", "content": "Name: Alice\nBirthday: May 1"}
+
+
+def test_unsupported_features_fail_before_any_request(chat, completion, stub):
+    @sgl.function
+    def constrained(s):
+        s += sgl.user("A number?")
+        s += sgl.assistant(sgl.gen("number", regex="[0-9]+", top_k=3))
+
+    with pytest.raises(sgl.UnsupportedFeatureError) as caught:
+        constrained.run(backend=chat)
+    assert str(caught.value).startswith("program 'constrained', node gen('number'): backend OpenAI('stub-model' "
+                                        f"at {stub.url}) does not support regex")
+    assert "top_k" in str(caught.value)
+
+    @sgl.function
+    def pick(s):
+        s += "Answer:" + sgl.select("answer", ["yes", "no"])
+
+    with pytest.raises(sgl.UnsupportedFeatureError, match="node select\\('answer'\\).*does not support select"):
+        pick.run(backend=completion)
+    with pytest.raises(sgl.UnsupportedFeatureError, match="node gen\\('x'\\).*does not support completion"):
+        sgl.function(lambda s: s.__iadd__("Plain text " + sgl.gen("x"))).run(backend=chat)
+    assert stub.requests["chat"] == stub.requests["completions"] == 0
+
+
+def test_past_the_trace_boundary_the_backend_checks_each_node(completion, stub):
+    @sgl.function
+    def dynamic(s):
+        s += "Name:" + sgl.gen("name", stop="\n", max_tokens=8)
+        if s["name"]:  # the trace ends here; the rest is checked as it runs
+            s += "\nAge:" + sgl.gen("age", dtype=int)
+
+    with pytest.raises(sgl.UnsupportedFeatureError, match="program 'dynamic', node gen\\('age'\\).*regex"):
+        dynamic.run(backend=completion)
+    assert stub.requests["completions"] == 1
+
+
+def test_request_fields_and_echoed_logprobs():
+    params = SamplingParams.build(max_new_tokens=5, stop="\n", temperature=0.5, top_k=3, min_new_tokens=2,
+                                  json_schema={"type": "object"}, return_logprob=True, top_logprobs_num=2)
+    assert sampling_fields(params, frozenset({"sampling"}), chat=True) == {
+        "max_tokens": 5, "stop": ["\n"], "temperature": 0.5, "top_k": 3, "min_tokens": 2, "logprobs": True,
+        "top_logprobs": 2,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}}}}
+    fields = sampling_fields(SamplingParams.build(dtype=int, json_schema='{"type": "integer"}'),
+                             frozenset({"json_schema", "regex"}), chat=False)
+    assert fields == {"stop": [" ", "\n"], "regex": r"[-+]?[0-9]+[ \n]*", "json_schema": '{"type": "integer"}'}
+    # "is" + " Paris" / BOS first: the token across the prompt's end counts with the choice
+    choice = {"logprobs": {"tokens": ["<s>", "The", " capital", " is", " Paris"],
+                           "token_logprobs": [None, -1.0, -2.0, -0.5, -0.25]}}
+    assert echoed_entries(choice, "The capital is Paris", len("The capital is ")) == [(-0.25, None, " Paris")]
+    assert echoed_entries(choice, "The capital is Paris", len("The capital is")) == [(-0.25, None, " Paris")]
+    assert echoed_entries(choice, "The capital is Paris", len("The capital")) == [(-0.5, None, " is"),
+                                                                                 (-0.25, None, " Paris")]

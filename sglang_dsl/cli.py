@@ -3,13 +3,17 @@
 ``sglang-dsl generate [--model MODEL] [--chat] PROMPT...`` continues prompts on a model (default: the embedded
 SmolLM2-135M-Instruct). ``sglang-dsl serve [--model MODEL] [--host H] [--port P] [--api-key K]`` serves a model
 over HTTP (SGLang's native API and the OpenAI API). ``sglang-dsl run FILE.py[:FUNC] [--arg NAME=VALUE ...]``
-runs a program on a local runtime and prints its variables. Runtime modules are imported only by the commands that need
+runs a program on a local runtime and prints its variables. ``sglang-dsl compile FILE.py[:FUNC]
+[--arg NAME=VALUE ...] [--batch ARGS.jsonl] [--format text|json]`` prints its IR and compiled plan
+(`sglang_dsl.compile_cli`). Runtime modules are imported only by the commands that need
 them, so the language package itself never imports torch."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from sglang_dsl.compile_cli import add_compile_parser, run_compile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dtype", default="auto")
     _add_serve_parser(commands)
     _add_run_parser(commands)
+    add_compile_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "compile":
+        return run_compile(args)
     return _generate(args)
 
 

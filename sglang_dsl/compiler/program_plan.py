@@ -1,0 +1,166 @@
+"""The plan of one program: the graph passes gathered into data the interpreter and the CLI read.
+
+- constant prefix (`prefix.constant_prefix`): what every run shares;
+- forks (`plan_forks`): each fork commits its stream's text to the prefix cache (``Backend.cache_prefix``) before
+  its branches fan out, so every branch's first request finds it cached; the plan names each branch's first
+  model call, the constant text all branches append before it, and the join;
+- selects (`plan_selects`): each select is scored as one batched extend of all its choices over the prefix,
+  prefilled once (`backends.scoring`): one prefill request, then one batch of a scoring request per choice, and
+  another such batch when the method needs unconditional likelihoods;
+- constraints (`constraint_plan.plan_constraints`): compiled ahead of time, once each;
+- segments (`segments.mark_segments`): straight-line runs that a segments-capable backend runs as one request.
+
+`ProgramPlan.requests` counts the runtime requests one run makes per node (a prefill per fork with several
+branches, one per gen sample, a prefill and the scoring batches per select); `fused_requests` the same with each segment as one request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sglang_dsl.compiler.choice_methods import METHODS_BY_NAME
+from sglang_dsl.compiler.codec import PromptCodec
+from sglang_dsl.compiler.constraint import ConstraintCompiler
+from sglang_dsl.compiler.constraint_plan import ConstraintPlan, plan_constraints
+from sglang_dsl.compiler.prefix import PrefixInfo, constant_prefix
+from sglang_dsl.compiler.segments import Segment, mark_segments
+from sglang_dsl.ir.graph import Graph
+from sglang_dsl.ir.nodes import Fork, Gen, Join, Select, Text
+
+
+@dataclass(frozen=True)
+class ForkPlan:
+    """Fork ``fork`` of ``stream`` into ``n`` branches: the stream's text is prefilled once, then each branch
+    appends ``shared_text`` (constant, the same on every branch) and more before its first model call
+    (``first_calls``, one per branch, ``None`` for a branch that makes none). ``join``/``join_mode``/``gathered``
+    describe how the branches come back (``None``: never joined)."""
+
+    fork: str
+    stream: str
+    n: int
+    commit_prefix: bool
+    shared_text: str
+    first_calls: tuple[str | None, ...]
+    join: str | None
+    join_mode: str | None
+    gathered: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SelectPlan:
+    """Select ``node``: its choices scored in one batched extend over the prefix (``choice_tokens``: each
+    choice's token count alone, with a codec), in ``requests`` runtime requests (the prefix's prefill, one
+    scoring request per choice, and as many again when ``unconditional``)."""
+
+    node: str
+    stream: str
+    choices: tuple[str, ...]
+    method: str
+    unconditional: bool
+    requests: int
+    choice_tokens: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ProgramPlan:
+    """Everything the passes found in one program's graph (see the module docstring). ``nodes``: the graph's
+    size; ``requests``: runtime requests of one run without fusion; ``boundary``: why the static part ends
+    early (``None``: the whole program is static)."""
+
+    program: str
+    arguments: tuple[str, ...]
+    granularity: str
+    prefix: PrefixInfo
+    forks: tuple[ForkPlan, ...]
+    selects: tuple[SelectPlan, ...]
+    constraints: tuple[ConstraintPlan, ...]
+    segments: tuple[Segment, ...]
+    nodes: int
+    requests: int
+    boundary: str | None
+
+    @property
+    def fused_requests(self) -> int:
+        """Requests when every segment runs as one request (the engine scores its selects itself)."""
+        select_requests = {s.node: s.requests for s in self.selects}
+        saved = 0
+        for segment in self.segments:
+            selects = [name for name in segment.nodes if name in select_requests]
+            inside = segment.calls - len(selects) + sum(select_requests[name] for name in selects)
+            saved += inside - 1
+        return self.requests - saved
+
+    def __str__(self) -> str:
+        from sglang_dsl.compiler.plan_text import format_program_plan
+
+        return format_program_plan(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        from sglang_dsl.compiler.plan_data import to_json
+
+        return to_json(self, indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> ProgramPlan:
+        from sglang_dsl.compiler.plan_data import from_json
+
+        return from_json(cls, text)
+
+
+def plan_program(graph: Graph, codec: PromptCodec | None = None, *, template: Any = None,
+                 compiler: ConstraintCompiler | None = None) -> ProgramPlan:
+    """Run every pass over ``graph`` (see the module docstring)."""
+    forks, selects = plan_forks(graph), plan_selects(graph, codec)
+    gens = sum(dict(n.params).get("n") or 1 for n in graph if isinstance(n, Gen))
+    requests = gens + sum(s.requests for s in selects) + sum(f.commit_prefix for f in forks)
+    boundary = graph.boundary
+    return ProgramPlan(
+        graph.name, graph.arguments, codec.granularity if codec is not None else "char",
+        constant_prefix(graph, codec.encode if codec is not None else None, template=template),
+        forks, selects, plan_constraints(graph, compiler), mark_segments(graph), len(graph), requests,
+        boundary.reason if boundary is not None else None)
+
+
+def plan_forks(graph: Graph) -> tuple[ForkPlan, ...]:
+    joins = {node.fork: node for node in graph if isinstance(node, Join)}
+    plans = []
+    for fork in (node for node in graph if isinstance(node, Fork)):
+        heads = [_branch_head(graph, branch) for branch in fork.branches]
+        shared = _common_prefix([text for text, _ in heads])
+        join = joins.get(fork.name)
+        plans.append(ForkPlan(fork.name, fork.stream, fork.n, fork.n > 1, shared,
+                              tuple(call for _, call in heads), join.name if join else None,
+                              join.mode if join else None, join.vars if join else ()))
+    return tuple(plans)
+
+
+def _branch_head(graph: Graph, branch: str) -> tuple[str, str | None]:
+    """The constant text a branch appends before its first non-text node, and its first model call."""
+    text, constant = "", True
+    call = next((n.name for n in graph.stream_nodes(branch) if isinstance(n, (Gen, Select))), None)
+    for node in graph.stream_nodes(branch):
+        if not (isinstance(node, Text) and constant):
+            break
+        for part in node.parts:
+            if not isinstance(part, str):
+                constant = False
+                break
+            text += part
+    return text, call
+
+
+def _common_prefix(texts: list[str]) -> str:
+    return os.path.commonprefix(texts) if texts else ""
+
+
+def plan_selects(graph: Graph, codec: PromptCodec | None = None) -> tuple[SelectPlan, ...]:
+    plans = []
+    for node in (n for n in graph if isinstance(n, Select)):
+        method = METHODS_BY_NAME.get(node.method)
+        unconditional = bool(method and method.requires_unconditional_logprobs)
+        tokens = tuple(len(codec.encode(c)) for c in node.choices) if codec is not None else None
+        plans.append(SelectPlan(node.name, node.stream, node.choices, node.method, unconditional,
+                                1 + len(node.choices) * (1 + unconditional), tokens))
+    return tuple(plans)

@@ -5,8 +5,9 @@ SmolLM2-135M-Instruct). ``sglang-dsl serve [--model MODEL] [--host H] [--port P]
 over HTTP (SGLang's native API and the OpenAI API). ``sglang-dsl run FILE.py[:FUNC] [--arg NAME=VALUE ...]``
 runs a program on a local runtime and prints its variables. ``sglang-dsl compile FILE.py[:FUNC]
 [--arg NAME=VALUE ...] [--batch ARGS.jsonl] [--format text|json]`` prints its IR and compiled plan
-(`sglang_dsl.compile_cli`). Runtime modules are imported only by the commands that need
-them, so the language package itself never imports torch."""
+(`sglang_dsl.compile_cli`). ``sglang-dsl viz FILE.py[:FUNC] --format
+dot|mermaid|html -o OUT [--run]`` draws the program's graph (`sglang_dsl.viz.command`). Runtime modules are
+imported only by the commands that need them, so the language package itself never imports torch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import sys
 
 from sglang_dsl.compile_cli import add_compile_parser, run_compile
+from sglang_dsl.viz import command as viz
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_serve_parser(commands)
     _add_run_parser(commands)
     add_compile_parser(commands)
+    viz.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "compile":
         return run_compile(args)
+    if args.command == "viz":
+        return viz.run(args)
     return _generate(args)
 
 

@@ -1,7 +1,8 @@
 """``run_batch`` executing a batch plan (`sglang_dsl.compiler.batch_plan`).
 
-`plan_for` traces the program once and plans the batch with the backend's tokenization (`Backend.prompt_codec`),
-chat template and KV page size; it returns ``None`` where a plan cannot help (a backend without a prefix cache)
+`plan_for` traces the program once, hands its constraints to `Backend.prepare_constraints` (compiled while the
+prefixes prefill) and plans the batch with the backend's tokenization (`Backend.prompt_codec`), chat template and
+KV page size; it returns ``None`` where a plan cannot help (a backend without a prefix cache)
 or cannot be made (the program fails to trace): the batch then runs eagerly as before. `submit_planned` queues
 the plan's steps on a thread pool in plan order: each shared prefix is prefilled (``Backend.cache_prefix``)
 after its parent and before any of its instances start, and instances start in the plan's depth-first order.
@@ -35,9 +36,24 @@ def plan_for(function: "SglFunction", arguments: list[dict[str, Any]], backend: 
     except Exception as err:  # noqa: BLE001 -- an untraceable program simply runs eagerly
         log.debug("run_batch of %s runs unplanned: tracing failed (%s)", function.name, err)
         return None
+    _prepare_constraints(graph, backend)
     codec = backend.prompt_codec() or CHARACTERS
     page_size = int(backend.server_info().get("page_size") or 1)
     return plan_batch(graph, arguments, codec, template=backend.chat_template(), page_size=page_size)
+
+
+def _prepare_constraints(graph, backend: "Backend") -> None:
+    """Hand the program's constraints to the backend to compile while the prefixes prefill."""
+    from sglang_dsl.compiler.constraint_plan import constraint_specs
+    from sglang_dsl.compiler.errors import ConstraintError
+
+    try:
+        specs = list(constraint_specs(graph))
+    except ConstraintError as err:  # the gen's own request reports it, naming the node
+        log.debug("constraints of %s are not compiled ahead: %s", graph.name, err)
+        return
+    if specs:
+        backend.prepare_constraints(specs)
 
 
 def submit_planned(plan: BatchPlan, pool: ThreadPoolExecutor, backend: "Backend",

@@ -36,8 +36,8 @@ from backends.openai_wire import (
     reply_text, response_format, sampling_fields, texts_or_one,
 )
 from backends.speculation import SpeculationStore, Speculated
-from backends.templates import DEFAULT
-from sglang_dsl.compiler.capabilities import MissingCapability, missing_for_gen, missing_for_select, unsupported
+from backends.templates import DEFAULT, answer_messages
+from sglang_dsl.compiler.capabilities import missing_for_gen, missing_for_select, refusal
 from sglang_dsl.lang import loop
 from sglang_dsl.lang.choices import ChoicesDecision, decide, token_length_normalized
 from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
@@ -73,7 +73,7 @@ def capabilities_for(features: frozenset[str], chat: bool) -> Capabilities:
     """What a model of this kind can run on a server with ``features``."""
     regex = "regex" in features
     json_schema = "json_schema" in features or (chat and "response_format" in features)
-    sampling = {"max_new_tokens", "stop", *BASE_SAMPLING} | (set(EXTENDED_SAMPLING) if "sampling" in features else set())
+    sampling = {"max_new_tokens", "stop", *BASE_SAMPLING, *(EXTENDED_SAMPLING if "sampling" in features else ())}
     if chat:
         select, methods = regex or json_schema, frozenset({token_length_normalized.name})
     else:
@@ -118,7 +118,8 @@ class OpenAI(Backend):
         chosen = frozenset([features] if isinstance(features, str) else features)
         unknown = sorted(chosen - FEATURES)
         if unknown:
-            raise ValueError(f"unknown OpenAI server features {', '.join(unknown)}; known: {', '.join(sorted(FEATURES))}")
+            raise ValueError(f"unknown OpenAI server features {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(FEATURES))}")
         return chosen
 
     def _discover(self) -> frozenset[str]:
@@ -175,7 +176,7 @@ class OpenAI(Backend):
     async def select(self, call: SelectCall) -> ChoicesDecision:
         problems = missing_for_select(call.method.name, self.capabilities)
         if problems:
-            raise self._unsupported(call.node, problems)
+            raise refusal(call.node, problems, self.name)
         if self.is_chat_model:
             return await self._select_by_generation(call)
         conditional = await self._score([call.prompt.text + c for c in call.choices], len(call.prompt.text))
@@ -196,10 +197,7 @@ class OpenAI(Backend):
     def _check_gen(self, call: GenerateCall) -> None:
         problems = missing_for_gen(call.params, self.capabilities)
         if problems:
-            raise self._unsupported(call.node, problems)
-
-    def _unsupported(self, node: str, problems: list[tuple[str, str]]) -> UnsupportedFeatureError:
-        return unsupported([MissingCapability(node, node, c, d) for c, d in problems], self.name)
+            raise refusal(call.node, problems, self.name)
 
     def _body(self, call: GenerateCall, prompt: Prompt) -> dict[str, Any]:
         body = {"model": self.model, **sampling_fields(call.params, self.features, self.is_chat_model,
@@ -209,12 +207,7 @@ class OpenAI(Backend):
     def _prompt_fields(self, prompt: Prompt, node: str) -> dict[str, Any]:
         if not self.is_chat_model:
             return {"prompt": prompt.text}
-        role, content = prompt.turn or (None, "")
-        if role != "assistant" or content.strip():
-            where = "outside an assistant turn" if role != "assistant" else "after text in the assistant turn"
-            raise UnsupportedFeatureError("completion", self.name, node=node, detail=(
-                f"a chat model only answers at the start of an assistant turn; this node is {where}"))
-        return {"messages": [dict(m) for m in prompt.messages]}
+        return {"messages": answer_messages(prompt, node, self.name)}
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         reply = await self.http.post_json(path, body)

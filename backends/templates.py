@@ -1,5 +1,5 @@
 """Chat templates for backends whose model renders chat itself (hosted chat APIs): the program's text then only
-needs a readable rendering of the turns, while the API receives the turns as messages.
+needs a readable rendering of the turns, while the API receives the turns as messages (`answer_messages`).
 
 `RoleTemplate` wraps each message in its role's prefix and suffix. ``DEFAULT`` is SGLang's ``default`` template
 (``SYSTEM:``/``USER:``/``ASSISTANT:`` lines), ``CLAUDE`` its ``claude`` template (``Human:``/``Assistant:``)."""
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from backends.base import Prompt
+from sglang_dsl.compiler.capabilities import missing_for_chat_position, refusal
 from sglang_dsl.lang.executor import _text_content
 
 
@@ -37,3 +39,13 @@ class RoleTemplate:
 DEFAULT = RoleTemplate({"system": ("SYSTEM:", "\n"), "user": ("USER:", "\n"), "assistant": ("ASSISTANT:", "\n")})
 CLAUDE = RoleTemplate({"system": ("", ""), "user": ("\n\nHuman: ", ""), "assistant": ("\n\nAssistant:", "")},
                       image_token=None)
+
+
+def answer_messages(prompt: Prompt, node: str, backend: str) -> list[dict]:
+    """The completed turns a chat API answers, for a node at ``prompt``: it must open an assistant turn (a chat
+    API writes whole assistant answers; it cannot continue other text)."""
+    role, content = prompt.turn or (None, "")
+    problems = missing_for_chat_position(role, not content.strip())
+    if problems:
+        raise refusal(node, problems, backend)
+    return [dict(m) for m in prompt.messages]

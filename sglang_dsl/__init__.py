@@ -41,7 +41,7 @@ __all__ = [
     "function", "gen", "gen_int", "gen_string", "select", "image", "system", "user", "assistant",
     "system_begin", "system_end", "user_begin", "user_end", "assistant_begin", "assistant_end",
     "set_default_backend", "flush_cache", "get_server_info", "global_config", "Runtime", "RuntimeEndpoint",
-    "OpenAI",
+    "OpenAI", "Anthropic",
     "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized",
     "ChoicesSamplingMethod", "ChoicesDecision", "SglFunction", "ProgramState", "ProgramStateGroup",
     "ProgramError", "UnsupportedFeatureError", "__version__",

@@ -7,7 +7,7 @@ method), an image, and for chat-only backends (``completion=False``) a gen or se
 assistant turn. `check_run` is what ``run()`` / ``run_batch()`` call before the first request: it traces the
 program with the run's arguments and raises `UnsupportedFeatureError` naming the first node (and listing the
 others). What follows a trace boundary cannot be seen here; `missing_for_gen` / `missing_for_select` are the same
-checks for one call, used as they run.
+checks for one call, used as they run (and `missing_for_chat_position` for chat APIs).
 
 Backends are duck-typed (``capabilities`` and ``name``): ``sglang_dsl`` does not import ``backends``."""
 
@@ -122,6 +122,11 @@ def unsupported(missing: list[MissingCapability], backend: str) -> UnsupportedFe
     return error
 
 
+def refusal(node: str, problems: list[tuple[str, str]], backend: str) -> UnsupportedFeatureError:
+    """`unsupported` for one call's ``(capability, detail)`` problems (``node``: the call's node label)."""
+    return unsupported([MissingCapability(node, node, c, d) for c, d in problems], backend)
+
+
 def _gen_params(node: Gen) -> SamplingParams:
     values: dict[str, Any] = dict(node.params)
     if node.constraint is not None:
@@ -131,9 +136,13 @@ def _gen_params(node: Gen) -> SamplingParams:
 
 def _position(capabilities: "Capabilities", role: str | None, empty: bool,
               speculative: bool) -> list[tuple[str, str]]:
-    """A chat-only backend generates only as the assistant: at the start of an assistant turn (or anywhere in one,
-    speculatively)."""
-    if capabilities.completion or (role == "assistant" and (empty or speculative)):
+    return [] if capabilities.completion else missing_for_chat_position(role, empty, speculative)
+
+
+def missing_for_chat_position(role: str | None, empty: bool, speculative: bool = False) -> list[tuple[str, str]]:
+    """A chat-only backend generates only as the assistant: at the start of an assistant turn (``empty``: nothing
+    written in it yet), or anywhere in one ``speculative``-ly. ``role`` is the open turn's (None: none)."""
+    if role == "assistant" and (empty or speculative):
         return []
     where = ("outside any chat turn" if role is None else f"in a {role} turn" if role != "assistant"
              else "after text already in the assistant turn (only num_api_spec_tokens can continue it)")

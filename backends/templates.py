@@ -2,7 +2,8 @@
 needs a readable rendering of the turns, while the API receives the turns as messages (`answer_messages`).
 
 `RoleTemplate` wraps each message in its role's prefix and suffix. ``DEFAULT`` is SGLang's ``default`` template
-(``SYSTEM:``/``USER:``/``ASSISTANT:`` lines), ``CLAUDE`` its ``claude`` template (``Human:``/``Assistant:``)."""
+(``SYSTEM:``/``USER:``/``ASSISTANT:`` lines), ``CLAUDE`` its ``claude`` template (``Human:``/``Assistant:``),
+``CHATML`` the ``<|im_start|>role`` format (Qwen, SmolLM2...)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class RoleTemplate:
         return self.roles[role]
 
 
+CHATML = RoleTemplate({role: (f"<|im_start|>{role}\n", "<|im_end|>\n") for role in ("system", "user", "assistant")})
 DEFAULT = RoleTemplate({"system": ("SYSTEM:", "\n"), "user": ("USER:", "\n"), "assistant": ("ASSISTANT:", "\n")})
 CLAUDE = RoleTemplate({"system": ("", ""), "user": ("\n\nHuman: ", ""), "assistant": ("\n\nAssistant:", "")},
                       image_token=None)

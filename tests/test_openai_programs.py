@@ -1,0 +1,107 @@
+"""The language suite's programs (tests/test_lang_programs.py, unchanged) on the `OpenAI` backend against
+``sglang-dsl serve``'s OpenAI API (BackgroundServer on a free loopback port, SmolLM2-135M-Instruct).
+
+The completion model (``/v1/completions``) renders roles with ChatML as SmolLM2 does, so it runs every kind of
+program: plain text, roles, select scored with echoed logprobs (all three choices methods), regex / dtype /
+JSON-schema constraints through the server's extensions, forks, ``n`` samples, streaming with logprobs. The chat
+model (``/v1/chat/completions``) runs the conversation programs; its select is a constrained generation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+import sglang_dsl as sgl
+import test_lang_programs as suite
+from runtime.args import RuntimeArgs
+from runtime.engine import Engine
+from runtime.server import BackgroundServer, create_app
+from backends.templates import CHATML
+
+pytestmark = pytest.mark.slow
+MODEL = "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_source):
+    args = replace(RuntimeArgs(), model=str(smollm2_source.path), device="cpu", max_total_tokens=16384)
+    with Engine(args) as engine, BackgroundServer(create_app(engine, served_model_name=MODEL)) as server:
+        server.tokenizer = engine.tokenizer
+        yield server
+
+
+def _backend(server, chat: bool):
+    backend = sgl.OpenAI(MODEL, base_url=server.url + "/v1", api_key="unused", is_chat_model=chat,
+                         chat_template=CHATML)
+    backend.tokenizer = server.tokenizer  # read by test_gen_min_new_tokens
+    previous = sgl.global_config.default_backend
+    sgl.set_default_backend(backend)
+    return backend, previous
+
+
+@pytest.fixture
+def completion(server):
+    backend, previous = _backend(server, chat=False)
+    yield backend
+    sgl.set_default_backend(previous)
+    backend.shutdown()
+
+
+@pytest.fixture
+def chat(server):
+    backend, previous = _backend(server, chat=True)
+    yield backend
+    sgl.set_default_backend(previous)
+    backend.shutdown()
+
+
+def test_the_server_advertises_its_extensions(completion, chat):
+    assert completion.features == chat.features == {"regex", "json_schema", "ebnf", "response_format", "sampling",
+                                                    "logprobs", "echo_logprobs"}
+    assert completion.capabilities.select and completion.capabilities.select_methods is None
+    assert chat.capabilities.select and not chat.capabilities.completion
+
+
+@pytest.mark.parametrize("program", [
+    suite.test_few_shot_qa, suite.test_select, suite.test_select_heals_the_token_boundary, suite.test_expert_answer,
+    suite.test_tool_use, suite.test_parallel_decoding, suite.test_n_samples, suite.test_stream_logprobs,
+], ids=lambda program: program.__name__.removeprefix("test_"))
+def test_completion_programs(completion, program):
+    program(completion)
+
+
+@pytest.mark.parametrize("method", [sgl.token_length_normalized, sgl.greedy_token_selection,
+                                    sgl.unconditional_likelihood_normalized], ids=lambda m: m.name)
+def test_completion_select_methods(completion, method):
+    suite.test_select_methods_and_temperature(completion, method)
+
+
+@pytest.mark.parametrize("program", [suite.test_regex, suite.test_dtype_gen, suite.test_decode_json_regex,
+                                     suite.test_constraints_are_carried_to_the_runtime],
+                         ids=lambda program: program.__name__.removeprefix("test_"))
+def test_completion_constrained_programs(completion, program):
+    if program is suite.test_constraints_are_carried_to_the_runtime:
+        program(completion)
+    else:
+        program(completion, constrained=None)
+
+
+@pytest.mark.parametrize("program", [suite.test_mt_bench, suite.test_stream_matches_the_non_streaming_text,
+                                     suite.test_gen_min_new_tokens],
+                         ids=lambda program: program.__name__.removeprefix("test_"))
+def test_chat_programs(chat, program):
+    program(chat)
+
+
+def test_chat_select_is_a_constrained_generation(chat):
+    @sgl.function
+    def verdict(s, statement):
+        s += sgl.system("Answer with True or False.")
+        s += sgl.user("Is this statement true? " + statement)
+        s += sgl.assistant(sgl.select("answer", ["True", "False"]))
+
+    state = verdict.run(statement="The capital of France is Paris.")
+    assert state["answer"] in ("True", "False")
+    assert state.get_meta_info("answer")["method"] == "constrained generation"
+    assert state.messages()[-1] == {"role": "assistant", "content": state["answer"]}

@@ -189,3 +189,33 @@ def test_stats_summary() -> None:
     stats = NodeStats(1.5, prompt_tokens=10, cached_tokens=7, completion_tokens=3, forced_tokens=2)
     assert stats.lines() == ("1.50 s · 3 generated · 2 forced", "prompt 10: 7 cached, 3 computed")
     assert NodeStats(0.0004).lines() == ("0.4 ms",) and not NodeStats(0.0004).notable
+
+
+def test_cli_run_overlays_what_the_runtime_did(tmp_path, capsys) -> None:
+    """On a tiny local model: the branches hit the prefix their fork cached, and the page shows it."""
+    from tiny_models import make_hf_model, write_word_tokenizer
+
+    make_hf_model("llama", tmp_path / "model")
+    write_word_tokenizer(tmp_path / "model")
+    out = tmp_path / "run.html"
+    argv = ["viz", f"{PROGRAMS}:branches", "--run", "--arg", "word=w3", "--model", str(tmp_path / "model"),
+            "-o", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = {cells[0].split()[0]: cells[1:] for cells in
+            (re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr><td>.*?</tr>", out.read_text()))}
+    assert set(rows) >= {"%gen_more", "%gen_more_1", "%select_pick"}
+    for gen in ("%gen_more", "%gen_more_1"):
+        _, prompt, cached, computed, generated, _ = rows[gen]
+        assert int(prompt) == 9 and int(cached) >= 8 and int(prompt) == int(cached) + int(computed)
+        assert 1 <= int(generated) <= 3
+    assert int(rows["%select_pick"][2]) > 0  # the select's prompt extends the joined text, cached by the gens
+    assert out.read_text().count('class="cached"') == 3
+
+
+def test_cli_run_needs_the_arguments(tmp_path, capsys) -> None:
+    from tiny_models import make_hf_model, write_word_tokenizer
+
+    make_hf_model("llama", tmp_path)
+    write_word_tokenizer(tmp_path)
+    assert main(["viz", f"{PROGRAMS}:branches", "--run", "--model", str(tmp_path)]) == 2
+    assert "missing the argument 'word'" in capsys.readouterr().err

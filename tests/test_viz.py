@@ -120,6 +120,9 @@ def test_cli_bind_fixes_an_argument_into_the_prefix(capsys) -> None:
     assert main(["viz", f"{PROGRAMS}:few_shot", "--format", "dot", "--bind", "question=Why?"]) == 0
     cluster = capsys.readouterr().out.split("subgraph cluster_prefix {")[1].split("}")[0]
     assert '"1" [' in cluster and "Q: Why?" in cluster and '"gen_answer" [' not in cluster
+    assert main(["viz", f"{PROGRAMS}:few_shot", "--format", "dot", "--arg", "question=Why?"]) == 0
+    drawn = capsys.readouterr()
+    assert "Why?" not in drawn.out and "--arg values are for --run" in drawn.err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     except (ProgramFileError, TypeError) as err:
         return _fail(console, err, 2)
     fmt = args.format or SUFFIX_FORMATS.get(Path(args.output).suffix.lower(), "html")
+    if arguments and not args.run:
+        console.print("[yellow]note:[/yellow] --arg values are for --run; --bind NAME=VALUE fixes an argument "
+                      "at trace time")
     if args.run:
         drawn = _run_and_draw(console, args, graph, arguments, fmt)
         if isinstance(drawn, int):

@@ -71,6 +71,9 @@ class Box:
 
 @dataclass(frozen=True)
 class Edge:
+    """An arrow between two boxes (see the module docstring for the kinds); ``label``: ``branch i`` on a fork's
+    branch edges, the variable read on data edges."""
+
     source: str
     target: str
     kind: EdgeKind
@@ -116,7 +119,7 @@ def build(graph: Graph, prefix: PrefixInfo | None = None, stats: Mapping[str, No
 # -- boxes ----------------------------------------------------------------------------------------------------
 
 def _box(node: Node, graph: Graph, in_prefix: bool, prefix_end: bool, stats: NodeStats | None) -> Box:
-    style, title, lines = _describe(node, graph)
+    style, title, lines = _describe(node)
     details = [("node", f"%{node.name} on {node.stream}"), ("ir", format_node(node, graph))]
     if in_prefix:
         details.append(("prefix", "inside the constant prefix (the same for every argument)"))
@@ -129,7 +132,7 @@ def _box(node: Node, graph: Graph, in_prefix: bool, prefix_end: bool, stats: Nod
                constrained, stats)
 
 
-def _describe(node: Node, graph: Graph) -> tuple[str, str, list[str]]:
+def _describe(node: Node) -> tuple[str, str, list[str]]:
     """``(style, title, body lines)`` of a node."""
     if isinstance(node, Placeholder):
         return "argument", f"argument {node.arg}", []

@@ -43,6 +43,8 @@ class Timing:
     ttft: float
     itls: list[float]
     e2e: float
+    retractions: int
+    failure: str | None  # why the request stopped short of its output length, if it did
 
 
 def gsp_workload(args, vocab: int, rng: random.Random) -> list[tuple[list[int], int]]:
@@ -72,8 +74,21 @@ async def run_one(engine: Engine, prompt: list[int], output_len: int, delay: flo
             last, seen = now, len(output.output_ids)
         final = output
     progress.advance(task)
+    failure = None
+    if final.completion_tokens != output_len:
+        failure = f"{final.finish.type}: {final.finish.message or ''} ({final.completion_tokens}/{output_len} tokens)"
     return Timing(len(prompt), final.completion_tokens, final.cached_tokens, stamps[0] if stamps else 0.0,
-                  stamps[1:], time.perf_counter() - start)
+                  stamps[1:], time.perf_counter() - start, final.num_retractions, failure)
+
+
+def warm_up(engine: Engine, vocab: int) -> None:
+    """Run the kernels every timed workload uses once (JIT compilation, CUDA graph warm-up): two requests that
+    share a prefix, so both fresh and cached-prefix prefill run, then decode."""
+    prefix = [11 + i % (vocab - 11) for i in range(300)]
+    prompts = [prefix + [12, 13], prefix + [14, 15]]
+    for batch in ([prompts[0]], prompts):
+        engine.generate(input_ids=batch, sampling_params={"max_new_tokens": 8, "ignore_eos": True})
+    engine.flush_cache()
 
 
 async def run_workload(engine, workload, rate: float, seed: int, progress, label: str):
@@ -96,7 +111,8 @@ def summarize(config: str, workload: str, timings: list[Timing], seconds: float)
             f"{prompt / seconds:,.0f}", f"{sum(t.output_tokens for t in timings) / seconds:,.0f}",
             f"{ms([t.ttft for t in timings]):.0f}", f"{ms([t.ttft for t in timings], 99):.0f}",
             f"{ms(itls):.1f}", f"{ms(itls, 99):.1f}", f"{ms([t.e2e for t in timings]):.0f}",
-            f"{100 * sum(t.cached_tokens for t in timings) / prompt:.1f}%"]
+            f"{100 * sum(t.cached_tokens for t in timings) / prompt:.1f}%",
+            str(sum(t.retractions for t in timings)), str(sum(t.failure is not None for t in timings))]
 
 
 def main() -> None:
@@ -121,13 +137,15 @@ def main() -> None:
 
     table = Table(title=f"{args.model} on {args.device}, request rate {args.request_rate}")
     for column in ("config", "workload", "reqs", "s", "in tok/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms",
-                   "ITL p50 ms", "ITL p99 ms", "E2E p50 ms", "cache hit"):
+                   "ITL p50 ms", "ITL p99 ms", "E2E p50 ms", "cache hit", "retracted", "failed"):
         table.add_column(column, justify="right")
+    failures: set[str] = set()
     with Progress(transient=True) as progress:
         for config in args.configs:
             with Engine(RuntimeArgs(model=args.model, device=args.device, load_format=args.load_format,
                                     max_running_requests=args.max_running_requests, **CONFIGS[config])) as engine:
                 vocab = engine.model_config.vocab_size
+                warm_up(engine, vocab)
                 for name in args.workloads:
                     build = gsp_workload if name == "gsp" else random_workload
                     workload = build(args, vocab, random.Random(args.seed))
@@ -135,7 +153,11 @@ def main() -> None:
                     timings, seconds = asyncio.run(run_workload(engine, workload, args.request_rate, args.seed,
                                                                 progress, f"{config} {name}"))
                     table.add_row(*summarize(config, name, timings, seconds))
-    Console(width=200).print(table)
+                    failures.update(f"{config} {name}: {t.failure}" for t in timings if t.failure)
+    console = Console(width=200)
+    console.print(table)
+    for failure in sorted(failures):
+        console.print(f"[red]failed[/red] {failure}")
 
 
 if __name__ == "__main__":

@@ -51,22 +51,26 @@ COMPLETION_MODELS = frozenset({"gpt-3.5-turbo-instruct", "davinci-002", "babbage
 
 @dataclass
 class TokenUsage:
-    """Tokens billed so far (SGLang's ``backend.token_usage``); ``reset()`` starts again."""
+    """Tokens billed so far (SGLang's ``backend.token_usage``) and the generation requests they took;
+    ``reset()`` starts again."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    requests: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
 
     def add(self, usage: Any) -> None:
+        """Count one answered request and its ``usage`` (OpenAI's field names)."""
         with self._lock:
             self.prompt_tokens += int((usage or {}).get("prompt_tokens") or 0)
             self.completion_tokens += int((usage or {}).get("completion_tokens") or 0)
+            self.requests += 1
 
     def reset(self) -> None:
         with self._lock:
-            self.prompt_tokens = self.completion_tokens = 0
+            self.prompt_tokens = self.completion_tokens = self.requests = 0
 
 
 def capabilities_for(features: frozenset[str], chat: bool) -> Capabilities:

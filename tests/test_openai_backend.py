@@ -24,22 +24,22 @@ def stub():
         yield stub
 
 
-@pytest.fixture
-def completion(stub):
+def _connected(stub, chat: bool):
     stub.requests.clear()
     stub.bodies.clear()
-    backend = OpenAI(stub.model, base_url=stub.url, api_key="sk-test", is_chat_model=False)
+    backend = OpenAI(stub.model, base_url=stub.url, api_key="sk-test", is_chat_model=chat)
     yield backend
     backend.shutdown()
+
+
+@pytest.fixture
+def completion(stub):
+    yield from _connected(stub, chat=False)
 
 
 @pytest.fixture
 def chat(stub):
-    stub.requests.clear()
-    stub.bodies.clear()
-    backend = OpenAI(stub.model, base_url=stub.url, api_key="sk-test", is_chat_model=True)
-    yield backend
-    backend.shutdown()
+    yield from _connected(stub, chat=True)
 
 
 def profile(spec=None):

@@ -31,29 +31,26 @@ def server(smollm2_source):
         yield server
 
 
-def _backend(server, chat: bool):
+def _default_backend(server, chat: bool):
+    """An OpenAI backend on ``server`` as the default backend while a test runs."""
     backend = sgl.OpenAI(MODEL, base_url=server.url + "/v1", api_key="unused", is_chat_model=chat,
                          chat_template=CHATML)
     backend.tokenizer = server.tokenizer  # read by test_gen_min_new_tokens
     previous = sgl.global_config.default_backend
     sgl.set_default_backend(backend)
-    return backend, previous
+    yield backend
+    sgl.set_default_backend(previous)
+    backend.shutdown()
 
 
 @pytest.fixture
 def completion(server):
-    backend, previous = _backend(server, chat=False)
-    yield backend
-    sgl.set_default_backend(previous)
-    backend.shutdown()
+    yield from _default_backend(server, chat=False)
 
 
 @pytest.fixture
 def chat(server):
-    backend, previous = _backend(server, chat=True)
-    yield backend
-    sgl.set_default_backend(previous)
-    backend.shutdown()
+    yield from _default_backend(server, chat=True)
 
 
 def test_the_server_advertises_its_extensions(completion, chat):
@@ -105,3 +102,26 @@ def test_chat_select_is_a_constrained_generation(chat):
     assert state["answer"] in ("True", "False")
     assert state.get_meta_info("answer")["method"] == "constrained generation"
     assert state.messages()[-1] == {"role": "assistant", "content": state["answer"]}
+
+
+def _profile(spec_tokens):
+    @sgl.function(num_api_spec_tokens=spec_tokens)
+    def profile(s):
+        s += "Name: Alice Smith\nBirthday: March 3\nJob: teacher\n\nName: Bob Jones\nBirthday: July 9\nJob: pilot\n\n"
+        s += "Name:" + sgl.gen("name", stop="\n", max_tokens=8)
+        s += "\nBirthday:" + sgl.gen("birthday", stop="\n", max_tokens=8)
+        s += "\nJob:" + sgl.gen("job", stop="\n", max_tokens=8)
+
+    return profile
+
+
+def test_speculation_takes_fewer_requests_than_gens_with_the_same_greedy_text(completion):
+    plain = _profile(None).run(temperature=0)
+    assert completion.token_usage.requests == 3
+    plain_prompt_tokens = completion.token_usage.prompt_tokens
+    completion.token_usage.reset()
+    speculated = _profile(48).run(temperature=0)
+    assert completion.token_usage.requests < 3
+    assert completion.token_usage.prompt_tokens < plain_prompt_tokens  # SGLang's test_completion_speculative
+    assert speculated.text() == plain.text()
+    assert [speculated[v] for v in ("name", "birthday", "job")] == [plain[v] for v in ("name", "birthday", "job")]

@@ -43,11 +43,20 @@ CLAUDE = RoleTemplate({"system": ("", ""), "user": ("\n\nHuman: ", ""), "assista
                       image_token=None)
 
 
-def answer_messages(prompt: Prompt, node: str, backend: str) -> list[dict]:
+def answer_messages(prompt: Prompt, node: str, backend: str, image_token: str | None = None) -> list[dict]:
     """The completed turns a chat API answers, for a node at ``prompt``: it must open an assistant turn (a chat
-    API writes whole assistant answers; it cannot continue other text)."""
+    API writes whole assistant answers; it cannot continue other text). The ``image_token`` marking images in the
+    program's text is left out of the text parts (the images travel as parts of their own)."""
     role, content = prompt.turn or (None, "")
     problems = missing_for_chat_position(role, not content.strip())
     if problems:
         raise refusal(node, problems, backend)
-    return [dict(m) for m in prompt.messages]
+    return [_without_image_token(m, image_token) for m in prompt.messages]
+
+
+def _without_image_token(message: Mapping[str, object], token: str | None) -> dict:
+    content = message["content"]
+    if not token or isinstance(content, str):
+        return dict(message)
+    parts = [{**p, "text": p["text"].replace(token, "")} if p.get("type") == "text" else p for p in content]
+    return {**message, "content": parts}

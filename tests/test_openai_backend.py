@@ -158,3 +158,18 @@ def test_request_fields_and_echoed_logprobs():
     assert echoed_entries(choice, "The capital is Paris", len("The capital is")) == [(-0.25, None, " Paris")]
     assert echoed_entries(choice, "The capital is Paris", len("The capital")) == [(-0.5, None, " is"),
                                                                                  (-0.25, None, " Paris")]
+
+
+def test_chat_images_go_as_image_url_parts(chat, stub, tmp_path):
+    path = tmp_path / "pixel.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    @sgl.function
+    def describe(s):
+        s += sgl.user(sgl.image(str(path)) + "What is this?")
+        s += sgl.assistant(sgl.gen("answer", max_tokens=2))
+
+    assert describe.run(backend=chat)["answer"] == "Name: Alice\n"
+    (user,) = stub.bodies[0]["messages"]
+    assert user["role"] == "user" and user["content"][0] == {"type": "text", "text": "What is this?"}
+    assert user["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")

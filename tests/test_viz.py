@@ -60,6 +60,16 @@ def test_prefix_constraints_and_choices_are_marked() -> None:
     assert '"1" [' in cluster and '"2" [' not in cluster  # only the node wholly inside the prefix
 
 
+def test_fused_segments_are_outlined() -> None:
+    graph, picture = picture_of("few_shot")
+    (segment,) = picture.segments
+    assert segment.calls == 4 and segment.nodes[0] == "1" and segment.nodes[-1] == "gen_info"
+    assert all(picture.box(name).segment == 0 for name in segment.nodes)
+    page = render(graph, "html", constant_prefix(graph))
+    assert page.count('<g class="segment">') == 1 and "segment 1: 1 request, 4 calls" in page
+    assert picture_of("tree")[1].segments == ()  # each branch's one gen is an ordinary request
+
+
 def test_forks_and_joins_are_branches() -> None:
     _, picture = picture_of("tree")
     edges = {(e.source, e.target, e.kind, e.label) for e in picture.edges}

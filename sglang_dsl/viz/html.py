@@ -12,6 +12,7 @@ from sglang_dsl.viz.model import (
     BORDER, CONSTRAINED_BORDER, FILLS, PREFIX_BORDER, PREFIX_FILL, Edge, Picture,
 )
 
+SEGMENT_COLOR = "#7c3aed"
 CACHED_COLOR = "#16a34a"
 COMPUTED_COLOR = "#f97316"
 EDGE_COLOR = "#334155"
@@ -92,6 +93,9 @@ def _legend(picture: Picture) -> str:
                  "</span>constant prefix (dashed: where it ends)</span>")
     items.append(f'<span><span class="swatch" style="border:2px solid {CONSTRAINED_BORDER}"></span>'
                  "constrained gen</span>")
+    if picture.segments:
+        items.append(f'<span><span class="swatch" style="border:2px dotted {SEGMENT_COLOR}"></span>'
+                     "fused segment (one request with a segments backend)</span>")
     if picture.run_seconds is not None:
         items.append(f'<span><span class="swatch" style="background:{CACHED_COLOR}"></span>cached prompt tokens'
                      f'</span><span><span class="swatch" style="background:{COMPUTED_COLOR}"></span>'
@@ -105,6 +109,7 @@ def _svg(picture: Picture, placed: Layout) -> str:
              f'viewBox="0 0 {placed.width:.0f} {placed.height:.0f}">',
              "<defs>", _marker("arrow", EDGE_COLOR), _marker("arrow-data", DATA_COLOR), "</defs>"]
     parts += _prefix_band(picture, placed)
+    parts += _segment_outlines(picture, placed)
     parts += [_edge(edge, placed) for edge in picture.edges]
     parts += [_node(p) for p in placed.placed.values()]
     parts.append("</svg>")
@@ -128,6 +133,23 @@ def _prefix_band(picture: Picture, placed: Layout) -> list[str]:
     return [f'<rect class="prefix" x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
             f'height="{bottom - top:.1f}" rx="10" fill="{PREFIX_FILL}" stroke="{PREFIX_BORDER}" '
             f'stroke-dasharray="6 4"/>']
+
+
+def _segment_outlines(picture: Picture, placed: Layout) -> list[str]:
+    """A dashed outline around each fused segment (its nodes are one stream's consecutive rows)."""
+    outlines = []
+    for i, segment in enumerate(picture.segments):
+        inside = [placed.placed[name] for name in segment.nodes]
+        left, top = min(p.x for p in inside) - 14, min(p.y for p in inside) - 14
+        right, bottom = max(p.x + p.width for p in inside) + 14, max(p.bottom for p in inside) + 14
+        outlines.append(
+            f'<g class="segment"><title>fused segment {i + 1}: one request for {segment.calls} model calls with a '
+            f'segments backend</title><rect x="{left:.1f}" y="{top:.1f}" width="{right - left:.1f}" '
+            f'height="{bottom - top:.1f}" rx="12" fill="none" stroke="{SEGMENT_COLOR}" stroke-width="1.5" '
+            f'stroke-dasharray="2 4"/><text x="{right - 4:.1f}" y="{top - 4:.1f}" text-anchor="end" '
+            f'style="font-size:10px;fill:{SEGMENT_COLOR}">segment {i + 1}: 1 request, {segment.calls} calls'
+            "</text></g>")
+    return outlines
 
 
 def _edge(edge: Edge, placed: Layout) -> str:

@@ -7,7 +7,9 @@
   tooltips;
 - `Edge`\\ s: ``next`` (program order on a stream), ``branch`` (a fork to the first node of each branch),
   ``merge`` (a branch's last node to its join) and ``data`` (a value read by a later node);
-- the constant prefix: the nodes wholly inside it, and the node where it ends.
+- the constant prefix: the nodes wholly inside it, and the node where it ends;
+- the fused segments (`sglang_dsl.compiler.segments`) of more than one model call: straight-line runs that a
+  segments-capable backend runs as one request.
 
 Placeholders (program arguments) are boxes with data edges only: they are inputs, not steps.
 """
@@ -15,9 +17,10 @@ Placeholders (program arguments) are boxes with data edges only: they are inputs
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, Mapping
 
+from sglang_dsl.compiler.segments import Segment, mark_segments
 from sglang_dsl.ir.graph import Graph
 from sglang_dsl.ir.nodes import (
     Boundary, Fork, Gen, Image, Join, Node, Placeholder, RoleBegin, RoleEnd, ScopeBegin, ScopeEnd, Select,
@@ -59,6 +62,7 @@ class Box:
     prefix_end: bool = False
     constrained: bool = False
     stats: NodeStats | None = None
+    segment: int | None = None  # index in `Picture.segments`
 
     @property
     def label_lines(self) -> tuple[str, ...]:
@@ -82,7 +86,8 @@ class Edge:
 
 @dataclass(frozen=True)
 class Picture:
-    """Everything a format draws. ``boxes`` are in program order; ``prefix`` is the analysis, if given."""
+    """Everything a format draws. ``boxes`` are in program order; ``prefix`` is the analysis, if given;
+    ``segments`` are the fused segments of several model calls."""
 
     name: str
     arguments: tuple[str, ...]
@@ -91,6 +96,7 @@ class Picture:
     streams: tuple[str, ...]
     prefix: PrefixInfo | None = None
     run_seconds: float | None = None
+    segments: tuple[Segment, ...] = ()
 
     def box(self, name: str) -> Box:
         return next(b for b in self.boxes if b.name == name)
@@ -112,8 +118,12 @@ def build(graph: Graph, prefix: PrefixInfo | None = None, stats: Mapping[str, No
     stats = stats or {}
     inside = set(prefix.nodes) if prefix is not None else set()
     end = prefix.end if prefix is not None else None
-    boxes = tuple(_box(node, graph, node.name in inside, node.name == end, stats.get(node.name)) for node in graph)
-    return Picture(graph.name, graph.arguments, boxes, _edges(graph), graph.streams, prefix, run_seconds)
+    segments = tuple(s for s in mark_segments(graph) if s.calls > 1)
+    segment_of = {name: i for i, segment in enumerate(segments) for name in segment.nodes}
+    boxes = tuple(_box(node, graph, node.name in inside, node.name == end, stats.get(node.name))
+                  for node in graph)
+    boxes = tuple(_in_segment(box, segments, segment_of.get(box.name)) for box in boxes)
+    return Picture(graph.name, graph.arguments, boxes, _edges(graph), graph.streams, prefix, run_seconds, segments)
 
 
 # -- boxes ----------------------------------------------------------------------------------------------------
@@ -130,6 +140,14 @@ def _box(node: Node, graph: Graph, in_prefix: bool, prefix_end: bool, stats: Nod
     constrained = isinstance(node, Gen) and node.constraint is not None
     return Box(node.name, node.op, node.stream, style, title, tuple(lines), tuple(details), in_prefix, prefix_end,
                constrained, stats)
+
+
+def _in_segment(box: Box, segments: tuple[Segment, ...], index: int | None) -> Box:
+    if index is None:
+        return box
+    note = (f"fused segment {index + 1}: with a segments backend, one request for its "
+            f"{segments[index].calls} model calls")
+    return replace(box, segment=index, details=(*box.details, ("segment", note)))
 
 
 def _describe(node: Node) -> tuple[str, str, list[str]]:

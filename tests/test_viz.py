@@ -232,3 +232,21 @@ def test_cli_run_needs_the_arguments(tmp_path, capsys) -> None:
     write_word_tokenizer(tmp_path)
     assert main(["viz", f"{PROGRAMS}:branches", "--run", "--model", str(tmp_path)]) == 2
     assert "missing the argument 'word'" in capsys.readouterr().err
+
+
+def test_a_fused_requests_time_is_shared_not_multiplied() -> None:
+    """The executor gives every leaf of a fused segment a `NodeRun` spanning the whole request."""
+    from sglang_dsl.lang.executor import NodeRun
+    from sglang_dsl.lang.exprs import Gen, Text
+    from sglang_dsl.lang.params import SamplingParams
+    from sglang_dsl.viz.overlay import _credit
+
+    graph = viz_programs.few_shot.trace()
+    leaves = [Text("Q"), Gen("answer", SamplingParams()), Gen("confidence", SamplingParams())]
+    names = ["2", "gen_answer", "gen_confidence"]
+    runs = [NodeRun(leaf, 5.0, 1.5, {"prompt_tokens": 4} if i else None) for i, leaf in enumerate(leaves)]
+    runs.append(NodeRun(Text("alone"), 7.0, 0.5, None))
+    stats = _credit(runs, {id(leaf): name for leaf, name in zip(leaves + [runs[-1].leaf], names + ["4"])}, {}, graph)
+    assert [stats[n].request_nodes for n in names + ["4"]] == [3, 3, 3, 1]
+    assert stats["gen_answer"].lines()[0] == "1.50 s (one request, 3 nodes)"
+    assert stats["4"].seconds == 0.5 and stats["4"].lines() == ("500.0 ms",)

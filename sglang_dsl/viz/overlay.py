@@ -32,13 +32,16 @@ FORCED_KEYS = ("forced_tokens", "jump_forward_tokens")
 class NodeStats:
     """One node's share of a run: wall ``seconds``; for a request (gen, select) the prompt tokens it sent,
     how many of them the prefix cache served, the tokens generated, and the tokens a constraint forced (when
-    the backend's meta reports them); ``None`` where the node made no request or the meta lacks the key."""
+    the backend's meta reports them); ``None`` where the node made no request or the meta lacks the key.
+    ``request_nodes`` > 1: the node ran in a fused segment, one request for that many nodes, and ``seconds`` is
+    the whole request's time."""
 
     seconds: float
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     completion_tokens: int | None = None
     forced_tokens: int | None = None
+    request_nodes: int = 1
 
     @property
     def computed_tokens(self) -> int | None:
@@ -55,6 +58,8 @@ class NodeStats:
     def lines(self) -> tuple[str, ...]:
         """Short lines for a box: the time and output tokens, then the prompt's cached/computed split."""
         head = [_duration(self.seconds)]
+        if self.request_nodes > 1:
+            head[0] += f" (one request, {self.request_nodes} nodes)"
         if self.completion_tokens is not None:
             head.append(f"{self.completion_tokens} generated")
         if self.forced_tokens is not None:
@@ -130,13 +135,15 @@ class _RecordingInterpreter(Interpreter):
 
 def _credit(runs: Iterable[NodeRun], node_of: Mapping[int, str], own_seconds: Mapping[str, float],
             graph: Graph) -> dict[str, NodeStats]:
+    credited = [(run, node_of[id(run.leaf)]) for run in runs if id(run.leaf) in node_of]  # else a join's text
+    request_nodes: dict[float, set[str]] = {}  # a fused segment's leaves share their request's start
+    for run, name in credited:
+        request_nodes.setdefault(run.started, set()).add(name)
     totals: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        name = node_of.get(id(run.leaf))
-        if name is None:  # text a join appended (concate_and_append): the join's own work
-            continue
+    for run, name in credited:
         entry = totals.setdefault(name, {"seconds": 0.0})
         entry["seconds"] += run.seconds
+        entry["request_nodes"] = max(entry.get("request_nodes", 1), len(request_nodes[run.started]))
         for key, value in _tokens(run.meta).items():
             entry[key] = entry.get(key, 0) + value
     for name, seconds in own_seconds.items():

@@ -18,7 +18,6 @@ from backends.base import Backend, Capabilities, ChatTemplate, GenerateCall, Gen
 from backends.http import HttpClient, HttpConfig
 from backends.openai import TokenUsage
 from backends.templates import CLAUDE, answer_messages
-from sglang_dsl.compiler.capabilities import missing_for_gen, refusal
 from sglang_dsl.lang.errors import ProgramError
 from sglang_dsl.lang.executor import _text_content
 
@@ -88,9 +87,6 @@ class Anthropic(Backend):
         self.http.close()
 
     def _body(self, call: GenerateCall) -> dict[str, Any]:
-        problems = missing_for_gen(call.params, self.capabilities)
-        if problems:
-            raise refusal(call.node, problems, self.name)
         history = answer_messages(call.prompt, call.node, self.name)
         system = "\n\n".join(_text_content(m["content"]) for m in history if m["role"] == "system")
         params = call.params

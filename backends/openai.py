@@ -37,7 +37,6 @@ from backends.openai_wire import (
 )
 from backends.speculation import SpeculationStore, Speculated
 from backends.templates import DEFAULT, answer_messages
-from sglang_dsl.compiler.capabilities import missing_for_gen, missing_for_select, refusal
 from sglang_dsl.lang import loop
 from sglang_dsl.lang.choices import ChoicesDecision, decide, token_length_normalized
 from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
@@ -145,7 +144,6 @@ class OpenAI(Backend):
         return self._template
 
     async def generate(self, call: GenerateCall) -> Generation:
-        self._check_gen(call)
         if call.spec_tokens and _speculable(call):
             return await self._speculative(call)
         reply = await self._post(self._path, self._body(call, call.prompt))
@@ -157,7 +155,6 @@ class OpenAI(Backend):
         return Generation(texts_or_one(texts, call.params.n), metas[0] if len(metas) == 1 else metas)
 
     async def stream(self, call: GenerateCall) -> AsyncIterator[Generation]:
-        self._check_gen(call)
         body = {**self._body(call, call.prompt), "stream": True, "stream_options": {"include_usage": True}}
         text, entries, tops, usage, reply_id, finish = "", [], [], {}, None, None
         logprobs = bool(call.params.return_logprob)
@@ -178,9 +175,6 @@ class OpenAI(Backend):
         yield Generation(text, self._stream_meta(reply_id, usage, finish, entries, tops, logprobs), True)
 
     async def select(self, call: SelectCall) -> ChoicesDecision:
-        problems = missing_for_select(call.method.name, self.capabilities)
-        if problems:
-            raise refusal(call.node, problems, self.name)
         if self.is_chat_model:
             return await self._select_by_generation(call)
         conditional = await self._score([call.prompt.text + c for c in call.choices], len(call.prompt.text))
@@ -197,11 +191,6 @@ class OpenAI(Backend):
         self.http.close()
 
     # ---- requests -----------------------------------------------------------------------------------------
-
-    def _check_gen(self, call: GenerateCall) -> None:
-        problems = missing_for_gen(call.params, self.capabilities)
-        if problems:
-            raise refusal(call.node, problems, self.name)
 
     def _body(self, call: GenerateCall, prompt: Prompt) -> dict[str, Any]:
         body = {"model": self.model, **sampling_fields(call.params, self.features, self.is_chat_model,

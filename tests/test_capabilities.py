@@ -136,3 +136,20 @@ def test_programs_the_backend_can_run_are_untouched():
     assert [s["answer"] for s in program.run_batch([{"question": "a"}, {"question": "b"}], backend=backend)] == [
         "ok", "ok"]
     assert backend.calls == 3
+
+
+def test_past_a_trace_boundary_the_interpreter_checks_each_node_before_calling_the_backend():
+    backend = Counting(CHAT_ONLY)
+
+    @sgl.function
+    def program(s):
+        s += sgl.user("Hi")
+        s += sgl.assistant(sgl.gen("greeting", max_tokens=4))
+        if s["greeting"] == "ok":  # the trace ends here
+            s += sgl.user("Pick")
+            s += sgl.assistant("Well, " + sgl.select("pick", ["a", "b"]))
+
+    with pytest.raises(sgl.UnsupportedFeatureError, match=r"node select\('pick'\): backend counting does not "
+                                                          r"support completion: .* after text already in"):
+        program.run(backend=backend)
+    assert backend.calls == 1

@@ -129,7 +129,7 @@ def test_unsupported_features_fail_before_any_request(chat, completion, stub):
     assert stub.requests["chat"] == stub.requests["completions"] == 0
 
 
-def test_past_the_trace_boundary_the_backend_checks_each_node(completion, stub):
+def test_past_the_trace_boundary_each_node_is_checked_as_it_runs(completion, stub):
     @sgl.function
     def dynamic(s):
         s += "Name:" + sgl.gen("name", stop="\n", max_tokens=8)

@@ -301,6 +301,7 @@ class Executor:
         await self._warm_up()
         call = GenerateCall(f"{self.branch}{leaf.label}", self._prompt(), leaf.params.merged_over(self.defaults),
                             self.extra_sampling, self.spec_tokens)
+        self._check_capabilities(call.node, params=call.params)
         if self.stream and (call.params.n or 1) == 1:
             return await self._gen_streamed(leaf, call)
         out = await self.backend.generate(call)
@@ -335,8 +336,7 @@ class Executor:
     async def _select(self, leaf: Select) -> dict:
         from backends.base import SelectCall
 
-        if not self.backend.capabilities.select:
-            raise UnsupportedFeatureError("select", self.backend.name)
+        self._check_capabilities(f"{self.branch}{leaf.label}", method=leaf.choices_method.name)
         await self._warm_up()
         call = SelectCall(f"{self.branch}{leaf.label}", self._prompt(), leaf.choices, leaf.temperature,
                           leaf.choices_method)
@@ -344,6 +344,23 @@ class Executor:
         self._append(decision.decision)
         self._store(leaf.name, decision.decision, decision.meta_info)
         return decision.meta_info
+
+    def _check_capabilities(self, node: str, params: SamplingParams | None = None, method: str = "") -> None:
+        """The per-node fallback of `sglang_dsl.compiler.capabilities` (for what the trace before the run did not
+        reach): raise if the backend lacks what a gen with ``params`` (else a select with choices ``method``)
+        needs; a chat-only backend also needs the node to open an assistant turn."""
+        capabilities = self.backend.capabilities
+        if not capabilities.restricted():
+            return
+        from sglang_dsl.compiler import capabilities as checks
+
+        problems = (checks.missing_for_gen(params, capabilities) if params is not None
+                    else checks.missing_for_select(method, capabilities))
+        if not capabilities.completion:
+            empty = self._role is not None and not self.text[self._role_start:].strip()
+            problems += checks.missing_for_chat_position(self._role, empty, bool(self.spec_tokens))
+        if problems:
+            raise checks.refusal(node, problems, self.backend.name)
 
     async def _role_begin(self, leaf: RoleBegin) -> None:
         if self._role is not None:

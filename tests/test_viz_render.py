@@ -103,14 +103,17 @@ def test_html_screenshot_shows_nodes_and_edges(tmp_path: Path) -> None:
     stats = {"gen_plan": NodeStats(0.5, prompt_tokens=20, cached_tokens=15, completion_tokens=8)}
     picture = build(graph, prefix, stats, run_seconds=1.0)
     page = render(graph, "html", prefix, stats, 1.0)
-    where = tmp_path / "where.html"  # the same page, reporting where its SVG sits
-    where.write_text(page.replace("</body>", "<script>document.title = JSON.stringify("
-                                  "document.querySelector('svg').getBoundingClientRect())</script></body>"))
+    where = tmp_path / "where.html"  # the same page, reporting where its SVG sits, and clicked on a node
+    where.write_text(page.replace("</body>", _WHERE_AND_CLICK + "</body>"))
     placed = layout(picture)
     size = f"--window-size={int(placed.width) + 500},{int(placed.height) + 400}"
     dom = chromium(size, "--dump-dom", where.as_uri())
     origin = json.loads(re.search(r"<title>(.*?)</title>", dom).group(1))
     assert dom.count('<g class="node') == len(graph) and dom.count('class="edge') == len(picture.edges)
+    details = re.search(r'<div id="details">(.*?)</div>', dom, re.S).group(1)
+    assert 'ir: gen("plan", max_new_tokens=8)' in details.replace("&quot;", '"')
+    assert "prompt 20: 15 cached, 5 computed" in details
+    assert re.search(r'<svg[^>]* class="no-reads"', dom)  # the checkbox hides the value reads
 
     shot = tmp_path / "tree.png"
     (tmp_path / "tree.html").write_text(page)
@@ -134,6 +137,13 @@ def test_html_screenshot_shows_nodes_and_edges(tmp_path: Path) -> None:
                                                                      COMPUTED_COLOR)
     background = sum(1 for c in image.getdata() if c == (255, 255, 255))
     assert background < image.width * image.height * 0.9  # a picture, not a blank page
+
+
+_WHERE_AND_CLICK = """<script>
+document.title = JSON.stringify(document.querySelector('svg').getBoundingClientRect());
+document.querySelector('g.node[data-node="gen_plan"]').dispatchEvent(new MouseEvent('click'));
+document.getElementById('show-reads').click();
+</script>"""
 
 
 def _near(color: tuple[int, int, int], hex_color: str, tolerance: int = 24) -> bool:

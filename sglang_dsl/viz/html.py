@@ -31,6 +31,7 @@ svg text {{ font: 12px ui-monospace, monospace; fill: #111827; }}
 svg text.title {{ font-weight: bold; }}
 svg g.node {{ cursor: pointer; }}
 svg g.node:hover rect.box {{ stroke-width: 3; }}
+svg.no-reads .edge.data {{ display: none; }}
 #details {{ min-width: 280px; max-width: 420px; border: 1px solid #d1d5db; border-radius: 6px; padding: 8px;
   font-size: 12px; white-space: pre-wrap; word-break: break-word; position: sticky; top: 8px; }}
 table {{ border-collapse: collapse; margin-top: 16px; font-size: 12px; }}
@@ -46,6 +47,9 @@ for (const g of document.querySelectorAll('g.node')) {
     document.getElementById('details').textContent = rows.map(([k, v]) => k + ': ' + v).join('\\n\\n');
   });
 }
+document.getElementById('show-reads').addEventListener('change', (event) => {
+  document.querySelector('svg').classList.toggle('no-reads', !event.target.checked);
+});
 """
 
 
@@ -100,7 +104,8 @@ def _legend(picture: Picture) -> str:
         items.append(f'<span><span class="swatch" style="background:{CACHED_COLOR}"></span>cached prompt tokens'
                      f'</span><span><span class="swatch" style="background:{COMPUTED_COLOR}"></span>'
                      "computed prompt tokens</span>")
-    items.append("<span>→ program order / branch · ⇢ dotted: value read</span>")
+    items.append('<span>→ program order / branch · ⇢ dotted: value read <label><input type="checkbox" '
+                 'id="show-reads" checked>show</label></span>')
     return f'<div class="legend">{"".join(items)}</div>'
 
 

@@ -160,12 +160,7 @@ def _segment_outlines(picture: Picture, placed: Layout) -> list[str]:
 def _edge(edge: Edge, placed: Layout) -> str:
     source, target = placed.placed[edge.source], placed.placed[edge.target]
     if edge.kind == "data":
-        x1, y1 = source.x + source.width, source.y + source.height / 2
-        x2, y2 = target.x + target.width, target.y + target.height / 2
-        bulge = max(x1, x2) + 40
-        return (f'<path class="edge data" d="M{x1:.1f},{y1:.1f} C{bulge:.1f},{y1:.1f} {bulge:.1f},{y2:.1f} '
-                f'{x2:.1f},{y2:.1f}" fill="none" stroke="{DATA_COLOR}" stroke-dasharray="3 3" '
-                f'marker-end="url(#arrow-data)"><title>reads {escape(edge.label)}</title></path>')
+        return _data_edge(edge, source, target)
     x1, y1, x2, y2 = source.center, source.bottom, target.center, target.y
     mid = (y1 + y2) / 2
     label = ""
@@ -175,6 +170,21 @@ def _edge(edge: Edge, placed: Layout) -> str:
     return (f'<path class="edge {edge.kind}" d="M{x1:.1f},{y1:.1f} C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} '
             f'{x2:.1f},{y2:.1f}" fill="none" stroke="{EDGE_COLOR}" stroke-width="1.5" '
             f'marker-end="url(#arrow)"/>{label}')
+
+
+def _data_edge(edge: Edge, source: Placed, target: Placed) -> str:
+    """A dotted curve between the boxes' sides: facing sides across lanes, the right sides within one lane."""
+    y1, y2 = source.y + source.height / 2, target.y + target.height / 2
+    toward = 1 if target.center > source.center else -1
+    if abs(target.center - source.center) < source.width:  # one lane: out to the right and back
+        x1, x2 = source.x + source.width, target.x + target.width
+        c1 = c2 = max(x1, x2) + 40
+    else:
+        x1, x2 = source.center + toward * source.width / 2, target.center - toward * target.width / 2
+        c1, c2 = x1 + toward * 40, x2 - toward * 40
+    return (f'<path class="edge data" d="M{x1:.1f},{y1:.1f} C{c1:.1f},{y1:.1f} {c2:.1f},{y2:.1f} '
+            f'{x2:.1f},{y2:.1f}" fill="none" stroke="{DATA_COLOR}" stroke-dasharray="3 3" '
+            f'marker-end="url(#arrow-data)"><title>reads {escape(edge.label)}</title></path>')
 
 
 def _node(p: Placed) -> str:

@@ -195,6 +195,8 @@ class Backend(ABC):
 
     name: str = "backend"
     capabilities: Capabilities = Capabilities()
+    # Programs ``run_batch(num_threads="auto")`` keeps in flight on this backend (None: the interpreter's default).
+    max_concurrency: int | None = None
 
     @abstractmethod
     def chat_template(self) -> ChatTemplate | None:

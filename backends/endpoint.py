@@ -18,6 +18,7 @@ Everything is async on the interpreter's loop, so a batch keeps up to ``max_conc
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from backends.base import (
@@ -25,6 +26,7 @@ from backends.base import (
     SelectStep, StepOutput, TextStep,
 )
 from backends.http import HttpClient, HttpConfig, HttpError
+from backends.native_batch import NativeBatcher
 from backends.scoring import ZERO_TOKENS, ScoredPrompt, score_choices
 from sglang_dsl.lang import loop
 from sglang_dsl.lang.choices import ChoicesDecision
@@ -46,7 +48,8 @@ class RuntimeEndpoint(Backend):
     """A native-API server at ``base_url``. ``api_key`` is sent as ``Authorization: Bearer``; ``verify`` is a
     CA bundle path (or False); ``chat_template_name`` picks a named template for servers that do not send theirs.
     ``timeout``: seconds to wait for any response bytes; ``max_retries``: retries on connection errors and 503;
-    ``max_concurrency``: requests (and ``run_batch`` programs) in flight at once.
+    ``max_concurrency``: ``run_batch`` programs in flight at once (and prompts per coalesced request);
+    ``max_http_requests``: coalesced HTTP requests out at once (requests issued meanwhile join the next batch).
 
     The constructor asks the server for its model and server info (and fails with the URL if it cannot)."""
 
@@ -54,13 +57,15 @@ class RuntimeEndpoint(Backend):
 
     def __init__(self, base_url: str, api_key: str | None = None, verify: bool | str | None = None,
                  chat_template_name: str | None = None, *, timeout: float = 120.0, max_retries: int = 3,
-                 max_concurrency: int = 256):
+                 max_concurrency: int = 256, max_http_requests: int = 8):
         self.base_url = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
+        self.max_http_requests = max_http_requests
         config = HttpConfig(timeout=timeout, max_retries=max_retries, max_connections=max_concurrency,
                             verify=True if verify is None else verify)
         self.http = HttpClient(self.base_url, api_key, config=config)
         self._closed = False
+        self._batchers: dict[tuple[asyncio.AbstractEventLoop, str], NativeBatcher] = {}
         self.model_info: dict[str, Any] = loop.run(self.http.get_json("/get_model_info"))
         self._server_info: dict[str, Any] = loop.run(self.http.get_json("/server_info"))
         self._template = _template(self.model_info, chat_template_name)
@@ -80,7 +85,7 @@ class RuntimeEndpoint(Backend):
         return self._template
 
     async def generate(self, call: GenerateCall) -> Generation:
-        result = await self._post("/generate", self._generate_payload(call))
+        result = await self._generate(self._generate_payload(call))
         results = result if isinstance(result, list) else [result]
         texts = [_checked(r)["text"] for r in results]
         metas = [r["meta_info"] for r in results]
@@ -105,7 +110,7 @@ class RuntimeEndpoint(Backend):
         return await score_choices(_HttpScorer(self), call)
 
     async def cache_prefix(self, prompt: Prompt) -> None:
-        await self._post("/generate", {"text": prompt.text, "sampling_params": ZERO_TOKENS, **_images(prompt)})
+        await self._generate({"text": prompt.text, "sampling_params": ZERO_TOKENS, **_images(prompt)})
 
     async def run_segment(self, call: SegmentCall) -> SegmentResult:
         if not self.capabilities.segments:
@@ -153,7 +158,7 @@ class RuntimeEndpoint(Backend):
         """Token ids of each text (``POST /tokenize``); BOS is not added twice when the text already starts with
         it (the chat template wrote it)."""
         add_special = not (self._bos_text and texts and texts[0].startswith(self._bos_text))
-        result = await self._post("/tokenize", {"prompt": list(texts), "add_special_tokens": add_special})
+        result = await self._batched("/tokenize", {"prompt": list(texts), "add_special_tokens": add_special})
         return result["tokens"]
 
     # ---- requests ---------------------------------------------------------------------------------------
@@ -166,6 +171,23 @@ class RuntimeEndpoint(Backend):
         self._check_open()
         try:
             return await self.http.post_json(path, payload)
+        except HttpError as err:
+            raise _refined(err) from err.__cause__
+
+    async def _generate(self, payload: dict[str, Any]) -> Any:
+        """``POST /generate``, coalesced with other programs' requests (`backends.native_batch`)."""
+        return await self._batched("/generate", payload)
+
+    async def _batched(self, path: str, payload: dict[str, Any]) -> Any:
+        self._check_open()
+        key = (asyncio.get_running_loop(), path)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            send = lambda body: self.http.post_json(path, body)  # noqa: E731
+            batcher = self._batchers[key] = NativeBatcher(send, self.http.url(path), max_batch=self.max_concurrency,
+                                                          max_in_flight=self.max_http_requests)
+        try:
+            return await batcher.request(payload)
         except HttpError as err:
             raise _refined(err) from err.__cause__
 
@@ -183,11 +205,11 @@ class _HttpScorer:
         self.encode_all = endpoint.encode_all
 
     async def prefill(self, ids: Sequence[int]) -> int:
-        result = await self.endpoint._post("/generate", {"input_ids": list(ids), "sampling_params": ZERO_TOKENS})
+        result = await self.endpoint._generate({"input_ids": list(ids), "sampling_params": ZERO_TOKENS})
         return _checked(result)["meta_info"].get("cached_tokens", 0)
 
     async def score(self, prompts: Sequence[Sequence[int]], start: int) -> list[ScoredPrompt]:
-        results = await self.endpoint._post("/generate", {
+        results = await self.endpoint._generate({
             "input_ids": [list(ids) for ids in prompts], "sampling_params": ZERO_TOKENS, "return_logprob": True,
             "logprob_start_len": start, "return_text_in_logprobs": True})
         return [ScoredPrompt([tuple(entry) for entry in _checked(r)["meta_info"]["input_token_logprobs"]],

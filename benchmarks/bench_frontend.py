@@ -1,0 +1,141 @@
+"""Interpreter overhead: ``run_batch`` of N programs (two ``gen`` and one ``select`` each) against an instant stub
+of the native API on loopback (`benchmarks.native_stub`), sglang-dsl's ``RuntimeEndpoint`` vs SGLang's own
+frontend, same program, stub and machine, in one run. The stub answers at once, so programs/s measures the
+frontends (interpreter, HTTP client, select scoring), not a model.
+
+SGLang's column needs its frontend: ``pip download sglang==0.5.23 --no-deps`` and ``pip install --no-deps
+--target ~/.cache/sglang-dsl/sglang-0.5.23`` the wheel plus the few modules its frontend imports (pybase64,
+IPython, aiohttp, msgspec); ``--sglang-path`` points elsewhere. Without it, the column is skipped with a message.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_frontend.py [--programs 1000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import os
+import pstats
+import sys
+import time
+import types
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.native_stub import NativeStub  # noqa: E402
+
+DEFAULT_SGLANG_PATH = os.path.expanduser("~/.cache/sglang-dsl/sglang-0.5.23")
+
+
+def make_program(sgl: Any):
+    """The benchmark program, written once against either frontend's module."""
+
+    @sgl.function
+    def judge(s, question):
+        s += "Question: " + question + "\n"
+        s += "Answer:" + sgl.gen("answer", max_tokens=16, stop="\n")
+        s += "\nReason:" + sgl.gen("reason", max_tokens=16, stop="\n")
+        s += "\nVerdict:" + sgl.select("verdict", ["correct", "wrong", "unsure"])
+
+    return judge
+
+
+def load_sglang(path: str) -> Any | None:
+    """SGLang's frontend API (``sglang.lang.api``) from ``path``, without running ``sglang/__init__`` (which loads
+    the server's dependencies); None when it is not installed there."""
+    package = os.path.join(path, "sglang")
+    if not os.path.isdir(package):
+        return None
+    sys.path.append(path)  # after the project's own packages, so the venv's versions win
+    module = types.ModuleType("sglang")
+    module.__path__ = [package]
+    sys.modules["sglang"] = module
+    import sglang.lang.api as api
+    from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
+
+    api.RuntimeEndpoint = RuntimeEndpoint
+    return api
+
+
+def measure(run: Callable[[], list], programs: int, check: Callable[[Any], None]) -> float:
+    """Seconds for one ``run`` (after checking every state it returned)."""
+    gc.collect()
+    start = time.perf_counter()
+    states = run()
+    elapsed = time.perf_counter() - start
+    assert len(states) == programs
+    for state in states:
+        check(state)
+    return elapsed
+
+
+def bench_ours(url: str, programs: int, warmup: int, profile: bool) -> float:
+    import sglang_dsl as sgl
+
+    backend = sgl.RuntimeEndpoint(url)
+    program = make_program(sgl)
+    batch = [{"question": f"Is {i} + {i} = {2 * i}?"} for i in range(programs)]
+
+    def check(state: Any) -> None:
+        assert state.error() is None, state.error()
+        assert state["verdict"] in ("correct", "wrong", "unsure") and state["answer"]
+
+    program.run_batch(batch[:warmup], backend=backend, temperature=0)
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    elapsed = measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+    backend.shutdown()
+    return elapsed
+
+
+def bench_sglang(api: Any, url: str, programs: int, warmup: int) -> float:
+    backend = api.RuntimeEndpoint(url)
+    program = make_program(api)
+    batch = [{"question": f"Is {i} + {i} = {2 * i}?"} for i in range(programs)]
+
+    def check(state: Any) -> None:
+        assert state["verdict"] in ("correct", "wrong", "unsure") and state["answer"]
+
+    program.run_batch(batch[:warmup], backend=backend, temperature=0)
+    return measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--programs", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--sglang-path", default=DEFAULT_SGLANG_PATH)
+    parser.add_argument("--profile", action="store_true", help="cProfile sglang-dsl's run")
+    args = parser.parse_args()
+    console = Console()
+    rows: list[tuple[str, float]] = []
+    with NativeStub() as url:
+        console.print(f"stub at {url}; {args.programs} programs of gen, gen, select each")
+        rows.append(("sglang-dsl RuntimeEndpoint", bench_ours(url, args.programs, args.warmup, args.profile)))
+        api = load_sglang(args.sglang_path)
+        if api is None:
+            console.print(f"[yellow]SGLang's frontend is not installed at {args.sglang_path}: its column is "
+                          "skipped (see this script's docstring)")
+        else:
+            rows.append(("SGLang 0.5.23 RuntimeEndpoint", bench_sglang(api, url, args.programs, args.warmup)))
+    table = Table(title=f"run_batch of {args.programs} programs (gen, gen, select) against an instant stub")
+    for column in ("frontend", "seconds", "programs/s", "vs SGLang"):
+        table.add_column(column, justify="right" if column != "frontend" else "left")
+    baseline = rows[1][1] if len(rows) > 1 else None
+    for name, seconds in rows:
+        ratio = f"{baseline / seconds:.2f}x" if baseline else "-"
+        table.add_row(name, f"{seconds:.2f}", f"{args.programs / seconds:.0f}", ratio)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -97,8 +97,9 @@ def missing_capabilities(graph: Graph, capabilities: "Capabilities", defaults: S
 
 def check_run(function: Any, arguments: Mapping[str, Any], defaults: SamplingParams, backend: "Backend") -> None:
     """Raise `UnsupportedFeatureError` (naming the program and node) if ``backend`` cannot run ``function`` on
-    ``arguments``. Only backends with `Capabilities.restricted` are checked; a body that cannot be traced is left
-    to the checks made as it runs."""
+    ``arguments``. Only backends with `Capabilities.restricted` are checked (tracing runs the body's Python once
+    more, as SGLang's precache-with-tracing does); a body that cannot be traced is left to the checks made as it
+    runs."""
     capabilities = backend.capabilities
     if not capabilities.restricted():
         return

@@ -173,3 +173,30 @@ def test_chat_images_go_as_image_url_parts(chat, stub, tmp_path):
     (user,) = stub.bodies[0]["messages"]
     assert user["role"] == "user" and user["content"][0] == {"type": "text", "text": "What is this?"}
     assert user["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_server_failures_are_clear_errors_naming_the_node():
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    app = FastAPI()
+    answers = iter([JSONResponse({"error": {"message": "the GPU caught fire"}}, 500),
+                    PlainTextResponse("{not json", 200), JSONResponse({"object": "nothing"}, 200)])
+
+    @app.post("/v1/completions")
+    async def completions():
+        return next(answers)
+
+    with BackgroundServer(app) as server:
+        backend = OpenAI("m", base_url=server.url + "/v1", is_chat_model=False, features=(), max_retries=0,
+                         timeout=10)
+
+        @sgl.function
+        def one(s):
+            s += "Hello" + sgl.gen("x", max_tokens=4)
+
+        for expected in ("answered 500: the GPU caught fire", "malformed JSON in the answer",
+                         "answered without choices"):
+            with pytest.raises(sgl.ProgramError, match=rf"program 'one', node gen\('x'\): .*{expected}"):
+                one.run(backend=backend)
+        backend.shutdown()

@@ -200,3 +200,20 @@ def test_server_failures_are_clear_errors_naming_the_node():
             with pytest.raises(sgl.ProgramError, match=rf"program 'one', node gen\('x'\): .*{expected}"):
                 one.run(backend=backend)
         backend.shutdown()
+
+
+def test_speculation_store_answers_only_what_the_model_wrote():
+    from backends.speculation import SpeculationStore, Speculated
+
+    store = SpeculationStore(capacity=2)
+    store.keep("ctx", Speculated("Name:", " Alice\nAge: 30\nJob: pilot", finished=False))
+    assert store.take("ctx", "Name:", ["\n"]) == " Alice"
+    assert store.take("ctx", "Name: Alice\nAge:", ["\n", " "]) == ""  # the earliest stop wins
+    assert store.take("ctx", "Name: Alice\nAge:", ["\n"]) == " 30"
+    assert store.take("ctx", "Name: Alice\nJob:", ["\n"]) is None  # the program's text differs from the model's
+    assert store.take("other", "Name:", ["\n"]) is None
+    assert store.take("ctx", "Name: Alice\nAge: 30\nJob:", ["\n"]) is None  # no stop yet, and not finished
+    store.keep("ctx", Speculated("Q:", " done", finished=True))
+    assert store.take("ctx", "Q:", ["\n"]) == " done"  # the model ended there itself
+    store.keep("ctx", Speculated("R:", " x", finished=True))
+    assert store.take("ctx", "Name:", ["\n"]) is None  # capacity 2: the oldest went

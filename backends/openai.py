@@ -27,7 +27,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Hashable
 
 from backends.base import Backend, Capabilities, ChatTemplate, GenerateCall, Generation, Prompt, SelectCall
 from backends.http import HttpClient, HttpConfig, HttpError
@@ -167,7 +167,8 @@ class OpenAI(Backend):
                 finish = choice.get("finish_reason") or finish
                 if logprobs:
                     new_entries, new_tops = choice_logprobs(choice, self.is_chat_model)
-                    entries, tops = entries + new_entries, tops + new_tops
+                    entries.extend(new_entries)
+                    tops.extend(new_tops)
             text += piece
             if piece:
                 yield Generation(text, self._stream_meta(reply_id, usage, None, entries, tops, logprobs), False)
@@ -222,7 +223,7 @@ class OpenAI(Backend):
     async def _speculative(self, call: GenerateCall) -> Generation:
         """Answer from what an earlier request already wrote, or write ``num_api_spec_tokens`` ahead now."""
         stops = call.params.stop or ()
-        context, text = self._spec_context(call.prompt)
+        context, text = self._spec_context(call)
         answer = self.speculation.take(context, text, stops)
         if answer is not None:
             return Generation(answer, {"speculated": True, "prompt_tokens": 0, "completion_tokens": 0,
@@ -245,11 +246,14 @@ class OpenAI(Backend):
         meta = meta_info(reply, choice, self.is_chat_model, None)
         return Generation(answer, {**meta, "speculated": False})
 
-    def _spec_context(self, prompt: Prompt) -> tuple[str, str]:
-        """What a speculation is keyed by (the conversation before the turn, for chat) and the text it continues."""
+    def _spec_context(self, call: GenerateCall) -> tuple[Hashable, str]:
+        """What a speculation is keyed by (the sampling parameters but stop and length, and for chat the
+        conversation before the turn) and the text it continues."""
+        prompt, sampling = call.prompt, replace(call.params, stop=None, max_new_tokens=None)
         if not self.is_chat_model:
-            return "", prompt.text
-        return json.dumps(list(prompt.messages), sort_keys=True, default=str), (prompt.turn or ("", ""))[1]
+            return sampling, prompt.text
+        messages = json.dumps(list(prompt.messages), sort_keys=True, default=str)
+        return (sampling, messages), (prompt.turn or ("", ""))[1]
 
     # ---- select -----------------------------------------------------------------------------------------------
 
@@ -265,7 +269,7 @@ class OpenAI(Backend):
         from sglang_dsl.compiler.choices import choices_regex
 
         body: dict[str, Any] = {"model": self.model, "temperature": call.temperature, "n": 1,
-                                "max_tokens": max(len(c) for c in call.choices) + 16,
+                                self._max_tokens_field: max(len(c) for c in call.choices) + 16,
                                 **self._prompt_fields(call.prompt, call.node)}
         if self.capabilities.regex:
             body["regex"] = choices_regex(call.choices)

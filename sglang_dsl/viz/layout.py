@@ -54,10 +54,11 @@ def box_height(box: Box) -> float:
 def layout(picture: Picture) -> Layout:
     """Where every box of ``picture`` goes."""
     rows = _rows(picture)
-    lanes = _lanes(picture)
+    streams = _Streams(picture)
+    lanes = streams.centers()
     pitch = BOX_WIDTH + LANE_GAP
     arguments = [b for b in picture.boxes if b.op == "placeholder"]
-    span = max(_width(picture, "main"), len(arguments))
+    span = max(streams.width("main"), len(arguments))
     row_heights: dict[int, float] = {}
     for box in picture.boxes:
         row_heights[rows[box.name]] = max(row_heights.get(rows[box.name], 0), box_height(box))
@@ -70,7 +71,7 @@ def layout(picture: Picture) -> Layout:
         if box.op == "placeholder":
             lane = first_argument + arguments.index(box) + 0.5
         else:
-            lane = lanes[box.stream] + (span - _width(picture, "main")) / 2
+            lane = lanes[box.stream] + (span - streams.width("main")) / 2
         x = MARGIN + lane * pitch - BOX_WIDTH / 2
         placed[box.name] = Placed(box, x, tops[rows[box.name]], BOX_WIDTH, box_height(box))
     return Layout(placed, 2 * MARGIN + span * pitch + DATA_BULGE, y - ROW_GAP + MARGIN)
@@ -91,34 +92,39 @@ def _rows(picture: Picture) -> dict[str, int]:
     return rows
 
 
-def _branches(picture: Picture, fork: str) -> list[str]:
-    return [s for s in picture.streams if s.rpartition(".")[0] == fork and s.rpartition(".")[2].isdigit()]
+class _Streams:
+    """The fork tree of a picture's streams: the forks each stream opens (as their branch streams), and how many
+    lanes each stream needs (one, or what its widest fork's branches need side by side)."""
+
+    def __init__(self, picture: Picture) -> None:
+        self.forks: dict[str, list[list[str]]] = {stream: [] for stream in picture.streams}
+        for box in picture.boxes:
+            if box.op == "fork":
+                self.forks[box.stream].append([s for s in picture.streams if _opened_by(s, box.name)])
+        self._widths: dict[str, int] = {}
+
+    def width(self, stream: str) -> int:
+        if stream not in self._widths:
+            widest = max((sum(map(self.width, branches)) for branches in self.forks[stream]), default=0)
+            self._widths[stream] = max(1, widest)
+        return self._widths[stream]
+
+    def centers(self) -> dict[str, float]:
+        """The lane (in lane widths from the left, at the lane's center) of every stream."""
+        centers: dict[str, float] = {}
+
+        def place(stream: str, left: float) -> None:
+            centers[stream] = left + self.width(stream) / 2
+            for branches in self.forks[stream]:
+                start = left + (self.width(stream) - sum(map(self.width, branches))) / 2
+                for branch in branches:
+                    place(branch, start)
+                    start += self.width(branch)
+
+        place("main", 0)
+        return centers
 
 
-def _forks(picture: Picture, stream: str) -> list[str]:
-    return [b.name for b in picture.boxes if b.op == "fork" and b.stream == stream]
-
-
-def _width(picture: Picture, stream: str) -> int:
-    """Lanes a stream needs: one, or what its widest fork's branches need side by side."""
-    widest = max((sum(_width(picture, b) for b in _branches(picture, f)) for f in _forks(picture, stream)),
-                 default=0)
-    return max(1, widest)
-
-
-def _lanes(picture: Picture) -> dict[str, float]:
-    """The lane (in lane widths from the left, at the lane's center) of every stream."""
-    centers: dict[str, float] = {}
-
-    def place(stream: str, left: float) -> None:
-        width = _width(picture, stream)
-        centers[stream] = left + width / 2
-        for fork in _forks(picture, stream):
-            branches = _branches(picture, fork)
-            start = left + (width - sum(_width(picture, b) for b in branches)) / 2
-            for branch in branches:
-                place(branch, start)
-                start += _width(picture, branch)
-
-    place("main", 0)
-    return centers
+def _opened_by(stream: str, fork: str) -> bool:
+    parent, _, index = stream.rpartition(".")
+    return parent == fork and index.isdigit()

@@ -2,9 +2,10 @@
 `backends.http`.
 
 The program's system turns become the request's ``system``; its user and assistant turns the ``messages``. Like
-any chat API it answers as the assistant at the start of an assistant turn. ``max_tokens`` is required by the
-API: a gen that sets none gets the backend's ``max_tokens``. ``stop`` goes as ``stop_sequences``; ``temperature``,
-``top_p`` and ``top_k`` as themselves. The API has no logprobs and no constrained decoding, so ``select``,
+any chat API it answers as the assistant; a gen after text in an assistant turn sends that text as the last
+(assistant) message, which the API continues (a *prefill*). ``max_tokens`` is required by the API: a gen that
+sets none gets the backend's ``max_tokens``. ``stop`` goes as ``stop_sequences``; ``temperature``, ``top_p`` and
+``top_k`` as themselves. The API has no logprobs and no constrained decoding, so ``select``,
 ``regex``, ``json_schema``, ``dtype`` and logprob options are unsupported — reported before a program runs
 (`sglang_dsl.compiler.capabilities`), naming the node. Streaming follows the API's server-sent events
 (``content_block_delta`` text deltas, ``message_delta`` with the stop reason and usage)."""
@@ -24,7 +25,7 @@ from sglang_dsl.lang.executor import _text_content
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 CAPABILITIES = Capabilities(select=False, streaming=True, images=False, prefix_cache=False, regex=False,
-                            json_schema=False, logprobs=False, completion=False,
+                            json_schema=False, logprobs=False, completion=False, continue_assistant=True,
                             sampling=frozenset({"max_new_tokens", "stop", "temperature", "top_p", "top_k"}))  # no n
 # The API's stop reasons as the native API's finish types.
 FINISH_TYPES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -57,28 +58,30 @@ class Anthropic(Backend):
         return self._template
 
     async def generate(self, call: GenerateCall) -> Generation:
-        reply = await self.http.post_json("v1/messages", self._body(call))
+        body, trimmed = self._body(call)
+        reply = await self.http.post_json("v1/messages", body)
         if not isinstance(reply, dict) or not isinstance(reply.get("content"), list):
             raise ProgramError(f"{self.http.url('v1/messages')} answered without content: {str(reply)[:200]!r}")
         self.token_usage.add(_usage(reply.get("usage")))
         text = "".join(block.get("text", "") for block in reply["content"] if block.get("type") == "text")
-        return Generation(text, _meta(reply.get("id"), reply, reply.get("usage")))
+        return Generation(_after(text, trimmed), _meta(reply.get("id"), reply, reply.get("usage")))
 
     async def stream(self, call: GenerateCall) -> AsyncIterator[Generation]:
         text, message, usage, final = "", {}, {}, {}
-        async for event in self.http.stream_events("v1/messages", {**self._body(call), "stream": True}):
+        body, trimmed = self._body(call)
+        async for event in self.http.stream_events("v1/messages", {**body, "stream": True}):
             kind = event.get("type")
             if kind == "message_start":
                 message = event.get("message") or {}
                 usage = dict(message.get("usage") or {})
             elif kind == "content_block_delta" and (event.get("delta") or {}).get("type") == "text_delta":
                 text += event["delta"].get("text", "")
-                yield Generation(text, _meta(message.get("id"), {}, usage), finished=False)
+                yield Generation(_after(text, trimmed), _meta(message.get("id"), {}, usage), finished=False)
             elif kind == "message_delta":
                 final = event.get("delta") or {}
                 usage.update(event.get("usage") or {})
         self.token_usage.add(_usage(usage))
-        yield Generation(text, _meta(message.get("id"), final, usage), finished=True)
+        yield Generation(_after(text, trimmed), _meta(message.get("id"), final, usage), finished=True)
 
     def server_info(self) -> dict[str, Any]:
         return {"backend": "anthropic", "model": self.model, "base_url": self.http.base_url}
@@ -86,15 +89,23 @@ class Anthropic(Backend):
     def shutdown(self) -> None:
         self.http.close()
 
-    def _body(self, call: GenerateCall) -> dict[str, Any]:
-        history = answer_messages(call.prompt, call.node, self.name)
+    def _body(self, call: GenerateCall) -> tuple[dict[str, Any], bool]:
+        """The request, and whether the open assistant turn sent as a prefill lost trailing whitespace (the API
+        refuses it there), so that the answer's leading whitespace goes too."""
+        history = answer_messages(call.prompt, call.node, self)
         system = "\n\n".join(_text_content(m["content"]) for m in history if m["role"] == "system")
+        messages = [{"role": m["role"], "content": _text_content(m["content"])}
+                    for m in history if m["role"] != "system"]
+        trimmed = False
+        if messages and messages[-1]["role"] == "assistant":  # a prefill: the answer continues it
+            content = messages[-1]["content"]
+            messages[-1]["content"] = content.rstrip()
+            trimmed = content != messages[-1]["content"]
         params = call.params
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": params.max_new_tokens if params.max_new_tokens is not None else self.max_tokens,
-            "messages": [{"role": m["role"], "content": _text_content(m["content"])}
-                         for m in history if m["role"] != "system"],
+            "messages": messages,
         }
         if system:
             body["system"] = system
@@ -102,7 +113,11 @@ class Anthropic(Backend):
             body["stop_sequences"] = list(params.stop)
         body.update({key: value for key, value in (("temperature", params.temperature), ("top_p", params.top_p),
                                                    ("top_k", params.top_k)) if value is not None})
-        return body
+        return body, trimmed
+
+
+def _after(text: str, trimmed: bool) -> str:
+    return text.lstrip() if trimmed else text
 
 
 def _usage(usage: Mapping[str, Any] | None) -> dict[str, int]:

@@ -41,7 +41,8 @@ class Capabilities:
     ``streaming``: incremental output; ``prefix_cache``: `Backend.cache_prefix` does something; ``segments``:
     `Backend.run_segment` runs several text/gen/select steps as one request; ``regex`` / ``json_schema``: those
     gen constraints (``regex`` covers ``dtype``); ``logprobs``: a gen's ``return_logprob`` and friends;
-    ``completion``: continuing raw text (False for chat-only APIs: a gen or select must open an assistant turn);
+    ``completion``: continuing raw text (False for chat-only APIs: a gen or select must open an assistant turn,
+    or with ``continue_assistant`` may also continue one that already has text);
     ``select_methods``: the names of the choices methods select honours (None: any); ``sampling``: the
     `SamplingParams` fields a gen may set (None: all). `sglang_dsl.compiler.capabilities` checks a program against
     them before it runs."""
@@ -55,6 +56,7 @@ class Capabilities:
     json_schema: bool = True
     logprobs: bool = True
     completion: bool = True
+    continue_assistant: bool = False
     select_methods: frozenset[str] | None = None
     sampling: frozenset[str] | None = None
 

@@ -201,7 +201,7 @@ class OpenAI(Backend):
     def _prompt_fields(self, prompt: Prompt, node: str) -> dict[str, Any]:
         if not self.is_chat_model:
             return {"prompt": prompt.text}
-        return {"messages": answer_messages(prompt, node, self.name, self._template.image_token)}
+        return {"messages": answer_messages(prompt, node, self, self._template.image_token)}
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         reply = await self.http.post_json(path, body)

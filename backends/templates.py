@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from backends.base import Prompt
+from backends.base import Backend, Prompt
 from sglang_dsl.compiler.capabilities import missing_for_chat_position, refusal
 from sglang_dsl.lang.executor import _text_content
 
@@ -43,15 +43,19 @@ CLAUDE = RoleTemplate({"system": ("", ""), "user": ("\n\nHuman: ", ""), "assista
                       image_token=None)
 
 
-def answer_messages(prompt: Prompt, node: str, backend: str, image_token: str | None = None) -> list[dict]:
-    """The completed turns a chat API answers, for a node at ``prompt``: it must open an assistant turn (a chat
-    API writes whole assistant answers; it cannot continue other text). The ``image_token`` marking images in the
-    program's text is left out of the text parts (the images travel as parts of their own)."""
+def answer_messages(prompt: Prompt, node: str, backend: Backend, image_token: str | None = None) -> list[dict]:
+    """The turns a chat API answers, for a node at ``prompt``: the completed ones, then (for a backend that can
+    ``continue_assistant``) the open assistant turn's text so far. A chat API writes assistant answers only, so
+    anything else is refused, naming ``node``. The ``image_token`` marking images in the program's text is left
+    out of the text parts (the images travel as parts of their own)."""
     role, content = prompt.turn or (None, "")
-    problems = missing_for_chat_position(role, not content.strip())
+    problems = missing_for_chat_position(backend.capabilities, role, not content.strip())
     if problems:
-        raise refusal(node, problems, backend)
-    return [_without_image_token(m, image_token) for m in prompt.messages]
+        raise refusal(node, problems, backend.name)
+    messages = [_without_image_token(m, image_token) for m in prompt.messages]
+    if content.strip():
+        messages.append({"role": "assistant", "content": content})
+    return messages
 
 
 def _without_image_token(message: Mapping[str, object], token: str | None) -> dict:

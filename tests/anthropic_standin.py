@@ -3,7 +3,7 @@
 It checks requests the way the API does (``x-api-key``, ``anthropic-version``, ``max_tokens`` required, roles
 ``user``/``assistant`` alternating from ``user``, ``system`` only as the top-level field) and answers errors in
 the API's shape (``{"type": "error", "error": {"type", "message"}}``). The answer echoes the last user message
-(``"You said: <text>"``), cut at ``stop_sequences`` and at ``max_tokens`` words, with the API's stop reasons,
+(``"You said: <text>"``, continued after an assistant prefill), cut at ``stop_sequences`` and at ``max_tokens`` words, with the API's stop reasons,
 usage, and streaming events. ``requests`` counts requests; ``bodies`` keeps them."""
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ class AnthropicStandIn:
         problem = _invalid(body)
         if problem:
             return _error(400, "invalid_request_error", problem)
-        text, reason, matched = self.answer(body)
+        try:
+            text, reason, matched = self.answer(body)
+        except ValueError as err:
+            return _error(400, "invalid_request_error", str(err))
         usage = {"input_tokens": sum(len(m["content"].split()) for m in body["messages"]),
                  "output_tokens": len(text.split())}
         if body.get("stream"):
@@ -48,7 +51,15 @@ class AnthropicStandIn:
 
     @staticmethod
     def answer(body: dict[str, Any]) -> tuple[str, str, str | None]:
-        text = "You said: " + body["messages"][-1]["content"]
+        """The echo of the last user message; after an assistant prefill, the echo's rest (the echo whole, after a
+        space, when the prefill is not its start)."""
+        *_, last_user = (m["content"] for m in body["messages"] if m["role"] == "user")
+        text = "You said: " + last_user
+        if body["messages"][-1]["role"] == "assistant":
+            prefill = body["messages"][-1]["content"]
+            if prefill != prefill.rstrip():
+                raise ValueError("final assistant content cannot end with trailing whitespace")
+            text = text[len(prefill):] if text.startswith(prefill) else " " + text
         found = [(text.find(s), s) for s in body.get("stop_sequences") or () if s in text]
         if found:
             index, matched = min(found)

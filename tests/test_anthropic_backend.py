@@ -119,3 +119,17 @@ def test_api_errors_name_the_node_and_say_what_the_server_said(standin):
     with pytest.raises(sgl.ProgramError, match=r"node gen\('answer'\).*400.*roles must alternate"):
         two_users.run()
     wrong_key.shutdown()
+
+
+def test_a_gen_after_text_in_an_assistant_turn_continues_it_as_a_prefill(standin):
+    @sgl.function
+    def prefilled(s):
+        s += sgl.user("Paris")
+        s += sgl.assistant("You said: " + sgl.gen("rest"))
+
+    state = prefilled.run()
+    assert state["rest"] == "Paris" and state.messages()[-1]["content"] == "You said: Paris"
+    assert standin.bodies[-1]["messages"] == [{"role": "user", "content": "Paris"},
+                                              {"role": "assistant", "content": "You said:"}]
+    streamed = prefilled.run(stream=True)
+    assert "".join(streamed.text_iter("rest")) == "Paris"

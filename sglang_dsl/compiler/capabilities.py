@@ -83,10 +83,11 @@ def missing_capabilities(graph: Graph, capabilities: "Capabilities", defaults: S
         if isinstance(node, Gen):
             params = _gen_params(node).merged_over(defaults)
             report(node, _label("gen", node.var), missing_for_gen(params, capabilities))
-            report(node, _label("gen", node.var), _position(capabilities, role, empty, speculative))
+            report(node, _label("gen", node.var), missing_for_chat_position(capabilities, role, empty, speculative))
         elif isinstance(node, Select):
             report(node, _label("select", node.var), missing_for_select(node.method, capabilities))
-            report(node, _label("select", node.var), _position(capabilities, role, empty, speculative))
+            report(node, _label("select", node.var),
+                   missing_for_chat_position(capabilities, role, empty, speculative))
         elif isinstance(node, Image) and not capabilities.images:
             report(node, f"image({node.source!r})", [("images", "the backend takes text only")])
         elif isinstance(node, Fork):
@@ -135,15 +136,13 @@ def _gen_params(node: Gen) -> SamplingParams:
     return SamplingParams(**values)
 
 
-def _position(capabilities: "Capabilities", role: str | None, empty: bool,
-              speculative: bool) -> list[tuple[str, str]]:
-    return [] if capabilities.completion else missing_for_chat_position(role, empty, speculative)
-
-
-def missing_for_chat_position(role: str | None, empty: bool, speculative: bool = False) -> list[tuple[str, str]]:
-    """A chat-only backend generates only as the assistant: at the start of an assistant turn (``empty``: nothing
-    written in it yet), or anywhere in one ``speculative``-ly. ``role`` is the open turn's (None: none)."""
-    if role == "assistant" and (empty or speculative):
+def missing_for_chat_position(capabilities: "Capabilities", role: str | None, empty: bool,
+                              speculative: bool = False) -> list[tuple[str, str]]:
+    """A chat-only backend (``completion`` False) generates only as the assistant: at the start of an assistant
+    turn (``empty``: nothing written in it yet), or anywhere in one if it can ``continue_assistant`` or
+    ``speculative``-ly. ``role`` is the open turn's (None: none)."""
+    if capabilities.completion or (role == "assistant" and (empty or speculative
+                                                             or capabilities.continue_assistant)):
         return []
     where = ("outside any chat turn" if role is None else f"in a {role} turn" if role != "assistant"
              else "after text already in the assistant turn (only num_api_spec_tokens can continue it)")

@@ -356,9 +356,8 @@ class Executor:
 
         problems = (checks.missing_for_gen(params, capabilities) if params is not None
                     else checks.missing_for_select(method, capabilities))
-        if not capabilities.completion:
-            empty = self._role is not None and not self.text[self._role_start:].strip()
-            problems += checks.missing_for_chat_position(self._role, empty, bool(self.spec_tokens))
+        empty = self._role is not None and not self.text[self._role_start:].strip()
+        problems += checks.missing_for_chat_position(capabilities, self._role, empty, bool(self.spec_tokens))
         if problems:
             raise checks.refusal(node, problems, self.backend.name)
 

@@ -2,10 +2,12 @@
 
 Completions continue a fixed *document*: a prompt that is a prefix of it gets the rest of the document (cut at
 the request's stop strings and at ``max_tokens`` words), any other prompt gets ``"unknown\\n"``. Chat completions
-answer the whole document. Every request is counted by path in ``requests``; bodies are kept in ``bodies``."""
+answer the whole document. Every request is counted by path in ``requests``; bodies are kept in ``bodies``; completions take ``delay``
+seconds, and ``most_in_flight`` says how many were answered at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections import Counter
@@ -23,6 +25,8 @@ class OpenAIStub:
         self.card = card if card is not None else {"id": model, "object": "model"}
         self.requests: Counter[str] = Counter()
         self.bodies: list[dict[str, Any]] = []
+        self.delay = 0.0  # seconds each completion takes
+        self.in_flight = self.most_in_flight = 0
         self.app = self._app()
 
     def continuation(self, prompt: str, body: dict[str, Any]) -> tuple[str, str]:
@@ -52,6 +56,7 @@ class OpenAIStub:
             body = await request.json()
             self.requests["completions"] += 1
             self.bodies.append(body)
+            await self._wait()
             text, finish = self.continuation(body["prompt"], body)
             if body.get("stream"):
                 return _stream("text_completion", text, finish, lambda piece: {"text": piece})
@@ -69,6 +74,14 @@ class OpenAIStub:
                                               "finish_reason": finish})
 
         return app
+
+    async def _wait(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
 
 
 def _reply(obj: str, choice: dict[str, Any]) -> dict[str, Any]:

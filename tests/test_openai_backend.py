@@ -217,3 +217,19 @@ def test_speculation_store_answers_only_what_the_model_wrote():
     assert store.take("ctx", "Q:", ["\n"]) == " done"  # the model ended there itself
     store.keep("ctx", Speculated("R:", " x", finished=True))
     assert store.take("ctx", "Name:", ["\n"]) is None  # capacity 2: the oldest went
+
+
+def test_run_batch_keeps_many_requests_in_flight(completion, stub):
+    stub.delay, stub.most_in_flight = 0.2, 0
+
+    @sgl.function
+    def name(s, i):
+        s += "Name:" + sgl.gen("name", stop="\n", max_tokens=4)
+        s += f" #{i}"
+
+    try:
+        states = name.run_batch([{"i": i} for i in range(40)], num_threads=40, backend=completion)
+    finally:
+        stub.delay = 0.0
+    assert [s.text() for s in states] == [f"Name: Alice #{i}" for i in range(40)]
+    assert stub.requests["completions"] == 40 and stub.most_in_flight >= 20

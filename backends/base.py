@@ -197,7 +197,8 @@ class Backend(ABC):
 
     name: str = "backend"
     capabilities: Capabilities = Capabilities()
-    # Programs ``run_batch(num_threads="auto")`` keeps in flight on this backend (None: the interpreter's default).
+    # Requests the backend keeps in flight itself (a remote client's limit). When set, ``run_batch`` does not hold a
+    # thread per program: bodies return at once and the backend queues what is over its limit.
     max_concurrency: int | None = None
 
     @abstractmethod

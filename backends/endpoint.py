@@ -14,7 +14,8 @@ What goes over the wire:
 - Segments: when ``/server_info`` says ``"program_endpoint": true``, a straight-line run of text/gen/select
   nodes is one ``POST /generate_program`` (`Backend.run_segment`).
 
-Everything is async on the interpreter's loop, so a batch keeps up to ``max_concurrency`` requests in flight."""
+Everything is async on the interpreter's loop: ``run_batch`` starts every program at once and the endpoint keeps
+up to ``max_concurrency`` prompts out at the server, in a few coalesced requests (`backends.native_batch`)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class RuntimeEndpoint(Backend):
     """A native-API server at ``base_url``. ``api_key`` is sent as ``Authorization: Bearer``; ``verify`` is a
     CA bundle path (or False); ``chat_template_name`` picks a named template for servers that do not send theirs.
     ``timeout``: seconds to wait for any response bytes; ``max_retries``: retries on connection errors and 503;
-    ``max_concurrency``: ``run_batch`` programs in flight at once (and prompts per coalesced request);
+    ``max_concurrency``: prompts out at the server at once (``run_batch`` programs beyond it wait their turn);
     ``max_http_requests``: coalesced HTTP requests out at once (requests issued meanwhile join the next batch).
 
     The constructor asks the server for its model and server info (and fails with the URL if it cannot)."""
@@ -125,7 +126,7 @@ class RuntimeEndpoint(Backend):
         if self._closed:
             return False
         try:
-            loop.run(self.http.post_json("/flush_cache", None))
+            loop.run(self.http.post_text("/flush_cache"))
         except HttpError as err:
             if err.status == 400:  # the server is busy: SGLang answers 400, and so do we
                 return False
@@ -184,8 +185,8 @@ class RuntimeEndpoint(Backend):
         batcher = self._batchers.get(key)
         if batcher is None:
             send = lambda body: self.http.post_json(path, body)  # noqa: E731
-            batcher = self._batchers[key] = NativeBatcher(send, self.http.url(path), max_batch=self.max_concurrency,
-                                                          max_in_flight=self.max_http_requests)
+            batcher = self._batchers[key] = NativeBatcher(send, self.http.url(path), max_prompts=self.max_concurrency,
+                                                          max_requests=self.max_http_requests)
         try:
             return await batcher.request(payload)
         except HttpError as err:

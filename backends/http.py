@@ -109,6 +109,11 @@ class HttpClient:
         """POST ``payload`` as JSON to ``path`` and return the JSON body of the answer."""
         return await self._json("POST", path, payload)
 
+    async def post_text(self, path: str, payload: Any = None) -> str:
+        """POST ``payload`` (JSON, if any) to ``path`` and return the answer's text (for plain-text routes)."""
+        response = await self._send("POST", path, payload, stream=False)
+        return response.text
+
     async def stream_events(self, path: str, payload: Any) -> AsyncIterator[Any]:
         """POST ``payload`` and yield the JSON of each ``data:`` line of the server-sent-event answer until
         ``data: [DONE]`` or the end of the stream. An event carrying ``"error"`` raises `HttpError`."""

@@ -42,15 +42,16 @@ class _Pending:
 
 class NativeBatcher:
     """``await batcher.request(payload)`` answers as ``send(payload)`` (a POST to ``url``) would; see the module
-    docstring. At most ``max_in_flight`` HTTP requests are out at once; while they are, new requests wait and
-    coalesce, up to ``max_batch`` prompts per request. Use it from one event loop."""
+    docstring. At most ``max_prompts`` prompts and ``max_requests`` HTTP requests are out at once; requests made
+    meanwhile wait and coalesce, up to ``max_prompts`` prompts per request. Use it from one event loop."""
 
-    def __init__(self, send: Send, url: str, max_batch: int = 256, max_in_flight: int = 8):
+    def __init__(self, send: Send, url: str, max_prompts: int = 256, max_requests: int = 8):
         self._send = send
         self._url = url
-        self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
-        self._in_flight = 0
+        self._max_prompts = max_prompts
+        self._max_requests = max_requests
+        self._requests_out = 0
+        self._prompts_out = 0
         self._pending: dict[tuple, list[_Pending]] = {}
         self._scheduled = False
 
@@ -65,27 +66,32 @@ class NativeBatcher:
         return await item.future
 
     def _schedule(self) -> None:
-        if not self._scheduled and self._pending and self._in_flight < self._max_in_flight:
+        if not self._scheduled and self._pending and self._has_room():
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._dispatch)
 
+    def _has_room(self) -> bool:
+        return self._requests_out < self._max_requests and self._prompts_out < self._max_prompts
+
     def _dispatch(self) -> None:
-        """Send the oldest group's first chunk, while there is room for more requests in flight."""
+        """Send the oldest group's first prompts, while there is room for more in flight."""
         self._scheduled = False
-        while self._pending and self._in_flight < self._max_in_flight:
+        while self._pending and self._has_room():
             key = next(iter(self._pending))
-            items = self._pending.pop(key)
-            chunk, rest = _take(items, self._max_batch)
+            chunk, rest = _take(self._pending.pop(key), self._max_prompts - self._prompts_out)
             if rest:
                 self._pending[key] = rest
-            self._in_flight += 1
+            prompts = sum(len(item.prompts) for item in chunk)
+            self._requests_out += 1
+            self._prompts_out += prompts
             task = asyncio.ensure_future(self._run(key[0], chunk))
-            task.add_done_callback(self._sent)
+            task.add_done_callback(lambda _, n=prompts: self._sent(n))
             for item in chunk:
                 item.future.add_done_callback(lambda _, t=task, c=chunk: _cancel_if_abandoned(t, c))
 
-    def _sent(self, _: asyncio.Future) -> None:
-        self._in_flight -= 1
+    def _sent(self, prompts: int) -> None:
+        self._requests_out -= 1
+        self._prompts_out -= prompts
         self._schedule()
 
     async def _run(self, field_name: str, items: list[_Pending]) -> None:

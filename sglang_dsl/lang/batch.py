@@ -1,9 +1,10 @@
 """``run_batch``: one program over many argument sets, concurrently, in input order.
 
 Bodies run on a thread pool (they are ordinary blocking Python); their expressions all run on the interpreter
-loop, so the backend sees the whole batch at once and batches it. At most ``num_threads`` programs are in flight
-(``auto``: the backend's ``max_concurrency``, e.g. a remote server's, else a multiple of the CPUs); a body's
-thread is free again once the body returns (`sglang_dsl.lang.inflight`). On a backend with a prefix cache
+loop, so the backend sees the whole batch at once and batches it. Each body holds its thread until its program
+ends, so ``num_threads`` programs are in flight; except on a backend that limits its own requests in flight
+(``Backend.max_concurrency``, a remote server's client): there a body's thread is free as soon as the body
+returns, and the backend keeps that many requests out. On a backend with a prefix cache
 (``global_config.enable_precache_with_tracing``), a program that traces runs by a batch plan
 (`sglang_dsl.lang.planned_batch`): every prefix the batch shares is computed once, before its group, and the
 programs start in the plan's depth-first order. Otherwise (``enable_batch_planning`` off, or no trace), the first
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from sglang_dsl.compiler.capabilities import check_run
 from sglang_dsl.lang.config import global_config, resolve_backend
-from sglang_dsl.lang.inflight import InFlight
 from sglang_dsl.lang.params import SamplingParams
 from sglang_dsl.lang.planned_batch import plan_for, submit_planned
 from sglang_dsl.lang.state import ProgramState
@@ -37,8 +37,7 @@ def run_batch(function: "SglFunction", batch: list, defaults: SamplingParams, ba
     backend = resolve_backend(backend)
     for args in arguments:
         check_run(function, args, defaults, backend)
-    threads = _threads(num_threads, len(arguments), backend.max_concurrency)
-    states = _states(function, arguments, defaults, backend, threads, progress_bar)
+    states = _states(function, arguments, defaults, backend, _threads(num_threads, len(arguments)), progress_bar)
     return states if generator_style else list(states)
 
 
@@ -47,20 +46,16 @@ def _states(function: "SglFunction", arguments: list[dict[str, Any]], defaults: 
     precache = global_config.enable_precache_with_tracing and len(arguments) > 1
     plan = plan_for(function, arguments, backend) if precache and global_config.enable_batch_planning else None
 
+    detached = backend.max_concurrency is not None
+
+    def one(args: dict[str, Any], before_first_request=None) -> ProgramState:
+        state = function.execute(args, defaults, backend, before_first_request=before_first_request)
+        if not detached:
+            state.error()  # hold this thread (one of ``threads`` programs in flight) until the program ends
+        return state
+
     with _progress(function.name, len(arguments), progress_bar) as advance, \
-            InFlight(threads, lambda _: advance()) as in_flight, \
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"sglang-dsl-{function.name}") as pool:
-
-        def one(args: dict[str, Any], before_first_request=None) -> ProgramState:
-            in_flight.enter()
-            try:
-                state = function.execute(args, defaults, backend, before_first_request=before_first_request)
-            except BaseException:
-                in_flight.leave()
-                raise
-            in_flight.track(state)
-            return state
-
         futures: list[Future[ProgramState]] = []
         try:
             if plan is not None:
@@ -70,6 +65,7 @@ def _states(function: "SglFunction", arguments: list[dict[str, Any]], defaults: 
             for future in futures:
                 state = future.result()
                 state.error()  # wait for it; a failure stays in the state
+                advance()
                 yield state
         finally:
             for future in futures:
@@ -99,11 +95,9 @@ def _arguments(function: "SglFunction", entry: Any) -> dict[str, Any]:
     raise TypeError(f"{function.name}: batch entries must be dicts or lists, got {type(entry).__name__}")
 
 
-def _threads(num_threads: int | str, size: int, backend_concurrency: int | None) -> int:
-    """Bodies run at once: each holds a thread until its program ends, so this many programs are in flight.
-    ``auto``: what the backend asks for (a remote server: many), else a multiple of the CPUs."""
+def _threads(num_threads: int | str, size: int) -> int:
     if num_threads == "auto":
-        return min(size, backend_concurrency or max(96, (os.cpu_count() or 1) * 16))
+        return min(size, max(96, (os.cpu_count() or 1) * 16))
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive integer or 'auto', got {num_threads!r}")
     return min(num_threads, size)

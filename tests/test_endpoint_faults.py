@@ -1,0 +1,329 @@
+"""`RuntimeEndpoint` when the server misbehaves, against small stub servers on loopback: killed mid-run, slow,
+500s, 503 then success, malformed JSON, a dropped stream, nobody listening. Each fails with a clear error within
+its timeout (or succeeds after safe retries), nothing hangs, and threads and sockets return to their baseline.
+Also: requests from many programs are coalesced into native batch requests and split back correctly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+import sglang_dsl as sgl
+from backends.http import HttpClient, HttpConfig, HttpError
+
+Handler = Callable[["Stub", str, dict], Awaitable[None]]
+
+
+class Stub:
+    """A raw HTTP/1.1 server on a loopback port in its own thread; ``handler(stub, path, body)`` answers each
+    request by calling `respond`, `stream` or `hang` (or by closing the connection). ``requests`` logs them."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.requests: list[tuple[str, Any]] = []
+        self.connections: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop).result(5)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.add(writer)
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+                raw = await reader.readexactly(int(headers.get("content-length", 0)))
+                path = head[0].split(" ")[1]
+                body = json.loads(raw) if raw else {}
+                self.requests.append((path, body))
+                if path in ("/get_model_info", "/server_info"):
+                    await self.respond(writer, 200, {"model_path": "stub"} if "model" in path else {})
+                else:
+                    await self.handler(self, path, body, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.connections.discard(writer)
+            writer.close()
+
+    @staticmethod
+    async def respond(writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        writer.write(b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                     % (status, len(data)) + data)
+        await writer.drain()
+
+    def kill(self) -> None:
+        """Stop listening and reset every open connection, as a killed process would."""
+        def kill_now() -> None:
+            self.server.close()
+            for writer in list(self.connections):
+                writer.transport.abort()
+        self.loop.call_soon_threadsafe(kill_now)
+
+    def stop(self) -> None:
+        self.kill()
+        asyncio.run_coroutine_threadsafe(self.server.wait_closed(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+    def generate_count(self) -> int:
+        return sum(path == "/generate" for path, _ in self.requests)
+
+
+def answer(text: str = " ok", prompt: Any = None) -> dict:
+    return {"text": text, "output_ids": [1], "meta_info": {
+        "id": "x", "finish_reason": {"type": "length", "length": 1}, "prompt_tokens": 3, "completion_tokens": 1,
+        "cached_tokens": 0}}
+
+
+def _sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+@pytest.fixture
+def baseline():
+    """Threads and sockets before the test; after it, none of the test's may be left."""
+    from sglang_dsl.lang import loop
+
+    loop.event_loop()  # the interpreter's own thread is not the test's
+    threads, sockets = {t.ident for t in threading.enumerate()}, _sockets()
+    yield
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and (
+            {t.ident for t in threading.enumerate()} - threads or _sockets() > sockets):
+        time.sleep(0.05)
+    assert {t.name for t in threading.enumerate() if t.ident not in threads} == set()
+    assert _sockets() <= sockets
+
+
+@pytest.fixture
+def unplanned(monkeypatch):
+    """run_batch without prefix prefills, so that the stub sees only the programs' own requests."""
+    monkeypatch.setattr(sgl.global_config, "enable_precache_with_tracing", False)
+
+
+@sgl.function
+def one_gen(s):
+    s += "Hello" + sgl.gen("x", max_tokens=4)
+
+
+def _endpoint(stub: Stub, **options: Any) -> "sgl.RuntimeEndpoint":
+    return sgl.RuntimeEndpoint(stub.url, **options)
+
+
+def _run_and_fail(endpoint, match: str, within: float) -> sgl.ProgramError:
+    start = time.perf_counter()
+    with pytest.raises(sgl.ProgramError, match=match) as caught:
+        one_gen.run(backend=endpoint)
+    assert time.perf_counter() - start < within
+    return caught.value
+
+
+def test_a_server_killed_mid_run_fails_the_programs_clearly(baseline):
+    started = threading.Event()
+
+    async def hang(stub, path, body, writer):
+        started.set()
+        await asyncio.sleep(60)
+
+    stub = Stub(hang)
+    endpoint = _endpoint(stub, timeout=30)
+    killer = threading.Thread(target=lambda: started.wait(10) and stub.kill())
+    killer.start()
+    states = one_gen.run_batch([{}] * 5, backend=endpoint)
+    killer.join()
+    assert started.is_set()
+    for state in states:
+        message = str(state.error())
+        assert "node gen('x')" in message and stub.url + "/generate" in message
+        assert "Server disconnected" in message or "ConnectError" in message or "ReadError" in message
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_a_slow_server_times_out_with_the_url_and_the_limit(baseline):
+    async def slow(stub, path, body, writer):
+        await asyncio.sleep(5)
+
+    stub = Stub(slow)
+    endpoint = _endpoint(stub, timeout=0.5)
+    _run_and_fail(endpoint, r"/generate failed: no answer within 0.5 s \(ReadTimeout", within=3)
+    assert stub.generate_count() == 1  # a timed-out request may have been received: it is not repeated
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_a_500_is_reported_with_the_status_and_the_servers_message_and_not_retried(baseline):
+    async def broken(stub, path, body, writer):
+        await stub.respond(writer, 500, {"error": {"message": "CUDA out of memory"}})
+
+    stub = Stub(broken)
+    endpoint = _endpoint(stub)
+    _run_and_fail(endpoint, r"HttpError: http://127.0.0.1:\d+/generate answered 500: CUDA out of memory", within=2)
+    assert stub.generate_count() == 1
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_503_is_retried_with_backoff_until_the_server_answers(baseline):
+    async def busy_then_ok(stub, path, body, writer):
+        if stub.generate_count() < 3:
+            await stub.respond(writer, 503, {"error": {"message": "warming up"}})
+        else:
+            await stub.respond(writer, 200, answer(" fine"))
+
+    stub = Stub(busy_then_ok)
+    endpoint = _endpoint(stub)
+    assert one_gen.run(backend=endpoint)["x"] == " fine"
+    assert stub.generate_count() == 3
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_503_forever_gives_up_after_the_retries(baseline):
+    async def busy(stub, path, body, writer):
+        await stub.respond(writer, 503, {"error": {"message": "overloaded"}})
+
+    stub = Stub(busy)
+    endpoint = _endpoint(stub, max_retries=2)
+    _run_and_fail(endpoint, r"answered 503: overloaded", within=5)
+    assert stub.generate_count() == 3
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_malformed_json_is_a_clear_error(baseline):
+    async def garbage(stub, path, body, writer):
+        await stub.respond(writer, 200, b'{"text": "unterminated')
+
+    stub = Stub(garbage)
+    endpoint = _endpoint(stub)
+    _run_and_fail(endpoint, r"/generate failed: malformed JSON in the answer .*unterminated", within=2)
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_a_dropped_stream_fails_the_reader_clearly(baseline):
+    async def drop(stub, path, body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        event = b'data: {"text": " par", "meta_info": {"finish_reason": null}}\n\n'
+        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.transport.abort()
+
+    stub = Stub(drop)
+    endpoint = _endpoint(stub)
+    state = one_gen.run(backend=endpoint, stream=True)
+    start = time.perf_counter()
+    with pytest.raises(sgl.ProgramError, match=r"node gen\('x'\): HttpError: request to http://127.0.0.1:\d+/"
+                                               r"generate failed: stream broke off"):
+        list(state.text_iter())
+    assert time.perf_counter() - start < 3
+    assert stub.generate_count() == 1  # bytes had arrived: not retried
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_nobody_listening_fails_after_retrying_the_connection(baseline):
+    stub = Stub(lambda *a: asyncio.sleep(0))
+    endpoint = _endpoint(stub)
+    stub.stop()
+    _run_and_fail(endpoint, r"ConnectError.*\(after 4 attempts\)", within=5)
+    endpoint.shutdown()
+
+
+def test_the_constructor_names_the_url_it_could_not_reach():
+    with pytest.raises(HttpError, match=r"request to http://127.0.0.1:9/get_model_info failed: ConnectError"):
+        sgl.RuntimeEndpoint("http://127.0.0.1:9", max_retries=0)
+
+
+# ------------------------------------------------------------------------------ coalescing
+
+def test_concurrent_requests_are_coalesced_and_split_back_in_order(baseline, unplanned):
+
+    async def batched(stub, path, body, writer):
+        if len(stub.requests) == 3:  # the first /generate: hold it so that the others queue up behind it
+            await asyncio.sleep(0.3)
+        prompts = body["text"]
+        if isinstance(prompts, str):
+            await stub.respond(writer, 200, answer(f" <{prompts[-2:]}>"))
+        else:
+            await stub.respond(writer, 200, [answer(f" <{p[-2:]}>") for p in prompts])
+
+    stub = Stub(batched)
+    endpoint = _endpoint(stub, max_http_requests=1)
+
+    @sgl.function
+    def numbered(s, i):
+        s += f"Q{i:02d}" + sgl.gen("x", max_tokens=2 + i % 3)
+
+    states = numbered.run_batch([{"i": i} for i in range(20)], backend=endpoint)
+    assert [s["x"] for s in states] == [f" <{i:02d}>" for i in range(20)]
+    generates = [body for path, body in stub.requests if path == "/generate"]
+    assert len(generates) < 20  # most went out together
+    batch = next(body for body in generates if isinstance(body["text"], list))
+    assert [p["max_new_tokens"] for p in batch["sampling_params"]] == [
+        2 + int(t[1:]) % 3 for t in batch["text"]]  # per-prompt parameters travel with their prompt
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_a_refused_batch_is_resent_request_by_request(baseline, unplanned):
+    async def picky(stub, path, body, writer):
+        if len(stub.requests) == 3:
+            await asyncio.sleep(0.3)
+        prompts = body["text"]
+        if isinstance(prompts, list):
+            await stub.respond(writer, 400, {"error": {"message": "one of them is bad"}})
+        elif "bad" in prompts:
+            await stub.respond(writer, 400, {"error": {"message": f"prompt {prompts!r} is bad"}})
+        else:
+            await stub.respond(writer, 200, answer())
+
+    stub = Stub(picky)
+    endpoint = _endpoint(stub, max_http_requests=1)
+
+    @sgl.function
+    def prog(s, word):
+        s += word + sgl.gen("x", max_tokens=2)
+
+    states = prog.run_batch([{"word": w} for w in ["first", "good", "bad", "fine"]], backend=endpoint)
+    assert [s.error() is None for s in states] == [True, True, False, True]
+    assert "InvalidRequestError: prompt 'bad' is bad" in str(states[2].error())
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_http_client_streams_events_and_closes_from_another_thread(baseline):
+    async def events(stub, path, body, writer):
+        payload = b"".join(b'data: {"n": %d}\n\n' % i for i in range(3)) + b"data: [DONE]\n\n"
+        await stub.respond(writer, 200, payload)
+
+    stub = Stub(events)
+    client = HttpClient(stub.url, "key", config=HttpConfig(max_retries=0))
+    from sglang_dsl.lang import loop
+
+    async def collect():
+        return [event async for event in client.stream_events("/x", {})]
+
+    assert loop.run(collect()) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    client.close()
+    stub.stop()

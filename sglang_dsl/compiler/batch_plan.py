@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 from sglang_dsl.compiler.codec import CHARACTERS, PromptCodec
+from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import bound_prefix
 from sglang_dsl.ir.graph import Graph
 from sglang_dsl.ir.nodes import Fork, Gen, Select
@@ -66,7 +67,7 @@ Step = tuple[Literal["prefill", "run"], int]
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchPlan(PlanJson):
     """The plan of one ``run_batch``. ``order``: ``("prefill", prefix id)`` and ``("run", instance index)`` in
     execution order (every prefix before its instances). ``granularity``: ``token`` or ``char`` (what the
     counts count). ``ideal_tokens``: the distinct tokens of all first prompts (each distinct prefix once)."""
@@ -98,17 +99,6 @@ class BatchPlan:
         from sglang_dsl.compiler.plan_text import format_batch_plan
 
         return format_batch_plan(self)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        from sglang_dsl.compiler.plan_data import to_json
-
-        return to_json(self, indent)
-
-    @classmethod
-    def from_json(cls, text: str) -> BatchPlan:
-        from sglang_dsl.compiler.plan_data import from_json
-
-        return from_json(cls, text)
 
 
 def plan_batch(graph: Graph, batch: Sequence[Mapping[str, Any]], codec: PromptCodec = CHARACTERS, *,

@@ -19,6 +19,17 @@ class PlanFormatError(ValueError):
     """JSON that is not a plan of the expected class; the message names the field."""
 
 
+class PlanJson:
+    """Mixin for plan dataclasses: ``plan.to_json()`` and ``Plan.from_json(text)``."""
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return to_json(self, indent)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return from_json(cls, text)
+
+
 def to_json(plan: Any, indent: int | None = 2) -> str:
     return json.dumps({"plan": type(plan).__name__, **_data(plan)}, indent=indent, ensure_ascii=False)
 

@@ -24,6 +24,7 @@ from sglang_dsl.compiler.choice_methods import METHODS_BY_NAME
 from sglang_dsl.compiler.codec import PromptCodec
 from sglang_dsl.compiler.constraint import ConstraintCompiler
 from sglang_dsl.compiler.constraint_plan import ConstraintPlan, plan_constraints
+from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import PrefixInfo, constant_prefix
 from sglang_dsl.compiler.segments import Segment, mark_segments
 from sglang_dsl.ir.graph import Graph
@@ -64,7 +65,7 @@ class SelectPlan:
 
 
 @dataclass(frozen=True)
-class ProgramPlan:
+class ProgramPlan(PlanJson):
     """Everything the passes found in one program's graph (see the module docstring). ``nodes``: the graph's
     size; ``requests``: runtime requests of one run without fusion; ``boundary``: why the static part ends
     early (``None``: the whole program is static)."""
@@ -96,17 +97,6 @@ class ProgramPlan:
         from sglang_dsl.compiler.plan_text import format_program_plan
 
         return format_program_plan(self)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        from sglang_dsl.compiler.plan_data import to_json
-
-        return to_json(self, indent)
-
-    @classmethod
-    def from_json(cls, text: str) -> ProgramPlan:
-        from sglang_dsl.compiler.plan_data import from_json
-
-        return from_json(cls, text)
 
 
 def plan_program(graph: Graph, codec: PromptCodec | None = None, *, template: Any = None,

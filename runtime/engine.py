@@ -194,6 +194,7 @@ class Engine:
         self._stopping.set()
         self._thread.join()
         self.constraints.shutdown()
+        self.runner.release()
 
     def __enter__(self) -> "Engine":
         return self

@@ -51,11 +51,20 @@ class ModelRunner:
             logit_indices = logit_indices.to(self.device)
         return self.model(batch, self.attention, logit_indices)
 
+    def release(self) -> None:
+        """Free the weights, the KV memory and the captured graphs (the runner is unusable afterwards), so
+        another runner in the same process sizes its KV pool from the memory this one held."""
+        self.model = self.kv_cache = self.attention = self.decode_graphs = self.req_to_token = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
     def _kv_spec(self) -> KVCacheSpec:
         c, page_size = self.config, self.args.page_size
         spec = KVCacheSpec(1, page_size, c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, self.device)
         tokens = self.args.max_total_tokens
         if tokens is None and self.device.type == "cuda":
+            torch.cuda.empty_cache()  # blocks torch keeps cached count as used in mem_get_info
             free, _ = torch.cuda.mem_get_info(self.device)
             tokens = int(free * self.args.kv_memory_fraction) // spec.bytes_per_token
         tokens = tokens or self.args.cpu_kv_tokens

@@ -9,7 +9,9 @@ What the backend can do depends on the model kind and on the server's *features*
 - ``response_format``: a chat model takes ``response_format`` with a JSON schema (OpenAI's structured outputs);
 - ``sampling``: the server takes ``top_k``, ``min_p``, ``min_tokens``, ``ignore_eos``, ``stop_token_ids``;
 - ``logprobs``: generated tokens' logprobs; ``echo_logprobs``: ``/v1/completions`` with ``echo`` and
-  ``logprobs`` scores a prompt's own tokens.
+  ``logprobs`` scores a prompt's own tokens;
+- ``continue_final_message``: a chat answer continues a final assistant message (vLLM's flag), so a gen or
+  select may follow text in an assistant turn.
 
 ``api.openai.com`` has ``response_format``, ``logprobs`` and ``echo_logprobs``; a server that says nothing is
 assumed to have ``logprobs`` only. From them follow the backend's `Capabilities`, checked before a program runs
@@ -18,8 +20,9 @@ assumed to have ``logprobs`` only. From them follow the backend's `Capabilities`
 ``select`` on a completion model scores every choice with echoed logprobs (one request, all choices methods); on
 a chat model it is a generation constrained to the choices (``regex``, else a JSON-schema enum), which decides by
 the model's own pick (so only the default choices method). Chat models answer as the assistant only: a gen or
-select must open an assistant turn, unless ``num_api_spec_tokens`` lets one answer fill several gens
-(`backends.speculation`). Sampling parameters the server does not take are errors, not silently dropped."""
+select must open an assistant turn (or continue one, with ``continue_final_message``), unless
+``num_api_spec_tokens`` lets one answer fill several gens (`backends.speculation`). Sampling parameters the
+server does not take are errors, not silently dropped."""
 
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ from sglang_dsl.lang.choices import ChoicesDecision, decide, token_length_normal
 from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-FEATURES = frozenset({"regex", "json_schema", "ebnf", "response_format", "sampling", "logprobs", "echo_logprobs"})
+FEATURES = frozenset({"regex", "json_schema", "ebnf", "response_format", "sampling", "logprobs", "echo_logprobs",
+                      "continue_final_message"})
 OPENAI_FEATURES = frozenset({"response_format", "logprobs", "echo_logprobs"})
 UNADVERTISED_FEATURES = frozenset({"logprobs"})
 COMPLETION_MODELS = frozenset({"gpt-3.5-turbo-instruct", "davinci-002", "babbage-002"})
@@ -83,6 +87,7 @@ def capabilities_for(features: frozenset[str], chat: bool) -> Capabilities:
         select, methods = "echo_logprobs" in features, None
     return Capabilities(select=select, streaming=True, images=chat, prefix_cache=False, regex=regex,
                         json_schema=json_schema, logprobs="logprobs" in features, completion=not chat,
+                        continue_assistant=chat and "continue_final_message" in features,
                         select_methods=methods, sampling=frozenset(sampling))
 
 
@@ -201,7 +206,10 @@ class OpenAI(Backend):
     def _prompt_fields(self, prompt: Prompt, node: str) -> dict[str, Any]:
         if not self.is_chat_model:
             return {"prompt": prompt.text}
-        return {"messages": answer_messages(prompt, node, self, self._template.image_token)}
+        messages = answer_messages(prompt, node, self, self._template.image_token)
+        if prompt.turn and prompt.turn[1].strip():  # continuing the open assistant turn (its text is the last message)
+            return {"messages": messages, "continue_final_message": True, "add_generation_prompt": False}
+        return {"messages": messages}
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         reply = await self.http.post_json(path, body)

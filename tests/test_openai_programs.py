@@ -55,7 +55,7 @@ def chat(server):
 
 def test_the_server_advertises_its_extensions(completion, chat):
     assert completion.features == chat.features == {"regex", "json_schema", "ebnf", "response_format", "sampling",
-                                                    "logprobs", "echo_logprobs"}
+                                                    "logprobs", "echo_logprobs", "continue_final_message"}
     assert completion.capabilities.select and completion.capabilities.select_methods is None
     assert chat.capabilities.select and not chat.capabilities.completion
 
@@ -89,6 +89,19 @@ def test_completion_constrained_programs(completion, program):
                          ids=lambda program: program.__name__.removeprefix("test_"))
 def test_chat_programs(chat, program):
     program(chat)
+
+
+def test_chat_continues_an_assistant_turn_that_has_text(chat):
+    @sgl.function
+    def capital(s):
+        s += sgl.user("What is the capital of France?")
+        s += sgl.assistant("The capital of France is" + sgl.gen("city", max_tokens=3, temperature=0))
+        s += sgl.user("And of Spain?")
+        s += sgl.assistant("The capital of Spain is" + sgl.select("spain", [" Madrid", " Paris", " London"]))
+
+    state = capital.run()
+    assert state.messages()[1]["content"] == "The capital of France is" + state["city"]
+    assert state["city"].startswith(" Paris") and state["spain"] == " Madrid"
 
 
 def test_chat_select_is_a_constrained_generation(chat):
@@ -125,3 +138,13 @@ def test_speculation_takes_fewer_requests_than_gens_with_the_same_greedy_text(co
     assert completion.token_usage.prompt_tokens < plain_prompt_tokens  # SGLang's test_completion_speculative
     assert speculated.text() == plain.text()
     assert [speculated[v] for v in ("name", "birthday", "job")] == [plain[v] for v in ("name", "birthday", "job")]
+
+
+def test_continue_final_message_needs_a_final_assistant_message(server):
+    import httpx
+
+    reply = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "continue_final_message": True,
+        "max_tokens": 1})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"] == "continue_final_message needs the last message to be the assistant's"

@@ -28,8 +28,10 @@ MIN_LOGPROB = -9999.0
 
 # What this server takes beyond the OpenAI API, for clients to discover (`backends.openai` reads it): the
 # ``regex`` / ``json_schema`` / ``ebnf`` constraint fields, chat ``response_format``, the ``sampling`` extras
-# (top_k, min_p, min_tokens, ignore_eos, stop_token_ids), logprobs, and echoed prompt logprobs on completions.
-EXTENSIONS = ("regex", "json_schema", "ebnf", "response_format", "sampling", "logprobs", "echo_logprobs")
+# (top_k, min_p, min_tokens, ignore_eos, stop_token_ids), logprobs, echoed prompt logprobs on completions, and
+# chat answers that continue a final assistant message (``continue_final_message``).
+EXTENSIONS = ("regex", "json_schema", "ebnf", "response_format", "sampling", "logprobs", "echo_logprobs",
+              "continue_final_message")
 
 # Template variables the server sets itself; ``chat_template_kwargs`` cannot override them.
 _TEMPLATE_RESERVED = frozenset({"messages", "add_generation_prompt", "tools", "self"})
@@ -175,8 +177,11 @@ async def chat_completions(request: Request) -> Response:
         raise APIError("top_logprobs requires logprobs to be true", param="top_logprobs")
     tokenizer = state.engine.tokenizer
     template_kwargs = {k: v for k, v in (body.chat_template_kwargs or {}).items() if k not in _TEMPLATE_RESERVED}
-    prompt = tokenizer.apply_chat_template([_message(m, i) for i, m in enumerate(body.messages)],
-                                           add_generation_prompt=True, **template_kwargs)
+    messages = [_message(m, i) for i, m in enumerate(body.messages)]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=not body.continue_final_message,
+                                           **template_kwargs)
+    if body.continue_final_message:
+        prompt = _up_to_final_message(prompt, messages[-1])
     input_ids = tokenizer.encode(prompt, add_special_tokens=False)
     max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     sampling = _sampling_params(body, max_new)
@@ -202,6 +207,19 @@ async def chat_completions(request: Request) -> Response:
         for i, out in enumerate(outputs)
     ]
     return JSONResponse({**reply.head("chat.completion"), "choices": choices, "usage": reply.usage(outputs)})
+
+
+def _up_to_final_message(prompt: str, final: dict[str, Any]) -> str:
+    """``continue_final_message`` (as vLLM takes it): the rendered conversation cut right after the final
+    (assistant) message's content, so that the answer continues that message."""
+    if final["role"] != "assistant":
+        raise APIError("continue_final_message needs the last message to be the assistant's",
+                       param="continue_final_message")
+    end = prompt.rfind(final["content"]) if final["content"] else -1
+    if end < 0:
+        raise APIError("continue_final_message: the chat template does not render the final message's content "
+                       "as given", param="continue_final_message")
+    return prompt[:end + len(final["content"])]
 
 
 def _message(message: ChatMessage, index: int) -> dict[str, Any]:

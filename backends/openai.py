@@ -229,30 +229,37 @@ class OpenAI(Backend):
     # ---- speculation ----------------------------------------------------------------------------------------
 
     async def _speculative(self, call: GenerateCall) -> Generation:
-        """Answer from what an earlier request already wrote, or write ``num_api_spec_tokens`` ahead now."""
+        """Answer from what an earlier request already wrote, or write ``num_api_spec_tokens`` ahead now (once
+        from each start: a speculation that missed is not asked for again)."""
         stops = call.params.stop or ()
         context, text = self._spec_context(call)
         answer = self.speculation.take(context, text, stops)
         if answer is not None:
             return Generation(answer, {"speculated": True, "prompt_tokens": 0, "completion_tokens": 0,
                                        "cached_tokens": 0, "finish_reason": {"type": "stop"}})
+        base = "" if self.is_chat_model else call.prompt.text
+        if self.speculation.written(context, base) is None:
+            reply, choice = await self._write_ahead(call, context, base)
+            answer = self.speculation.take(context, text, stops)
+            if answer is not None:
+                return Generation(answer, {**meta_info(reply, choice, self.is_chat_model, None), "speculated": False})
+        if self.is_chat_model and text.strip() and not self.capabilities.continue_assistant:
+            raise UnsupportedFeatureError("completion", self.name, node=call.node, detail=(
+                "with num_api_spec_tokens, the chat model's answer must contain the assistant turn's text before "
+                f"this gen ({text[-40:]!r}); it wrote {self.speculation.written(context, base)[:80]!r}"))
+        return await self.generate(replace(call, spec_tokens=None))  # the model wrote something else
+
+    async def _write_ahead(self, call: GenerateCall, context: Hashable, base: str) -> tuple[dict, dict]:
+        """One request for ``max(max_tokens, num_api_spec_tokens)`` tokens from ``base`` without stop strings
+        (for chat: from the start of the assistant turn), kept in the speculation store."""
         start = replace(call.prompt, turn=("assistant", "")) if self.is_chat_model else call.prompt
         ahead = replace(call, params=replace(call.params, stop=None, max_new_tokens=max(
             call.params.max_new_tokens or 0, call.spec_tokens)))
         reply = await self._post(self._path, self._body(ahead, start))
         (choice,) = by_index(reply, 1)
-        base = "" if self.is_chat_model else call.prompt.text
         written = reply_text(choice, self.is_chat_model)
         self.speculation.keep(context, Speculated(base, written, choice.get("finish_reason") == "stop"))
-        answer = self.speculation.take(context, text, stops)
-        if answer is None and self.is_chat_model and text.strip():
-            raise UnsupportedFeatureError("completion", self.name, node=call.node, detail=(
-                "with num_api_spec_tokens, the chat model's answer must contain the assistant turn's text before "
-                f"this gen ({text[-40:]!r}); it wrote {written[:80]!r}"))
-        if answer is None:  # the speculation ended before this gen's stop: ask for this gen alone
-            return await self.generate(replace(call, spec_tokens=None))
-        meta = meta_info(reply, choice, self.is_chat_model, None)
-        return Generation(answer, {**meta, "speculated": False})
+        return reply, choice
 
     def _spec_context(self, call: GenerateCall) -> tuple[Hashable, str]:
         """What a speculation is keyed by (the sampling parameters but stop and length, and for chat the

@@ -44,6 +44,12 @@ class SpeculationStore:
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
 
+    def written(self, context: Hashable, text: str) -> str | None:
+        """What the model wrote after exactly ``text`` in ``context``, if a speculation from there is kept."""
+        with self._lock:
+            speculated = self._entries.get((context, text))
+        return None if speculated is None else speculated.continuation
+
     def take(self, context: Hashable, text: str, stops: Sequence[str]) -> str | None:
         """The gen after ``text`` in ``context`` as already written by the model, cut before its first stop
         string; None when no speculation covers it."""

@@ -148,3 +148,17 @@ def test_continue_final_message_needs_a_final_assistant_message(server):
         "max_tokens": 1})
     assert reply.status_code == 400
     assert reply.json()["error"]["message"] == "continue_final_message needs the last message to be the assistant's"
+
+
+def test_chat_speculation_that_misses_continues_the_turn(chat):
+    @sgl.function(num_api_spec_tokens=24)
+    def form(s):
+        s += sgl.user("Fill in a form for a person from Paris.")
+        s += sgl.assistant("Name:" + sgl.gen("name", stop="\n", max_tokens=6) + "\nCity:" +
+                           sgl.gen("city", stop="\n", max_tokens=6))
+
+    state = form.run(temperature=0)
+    assert state.messages()[-1]["content"] == f"Name:{state['name']}\nCity:{state['city']}"
+    # one speculative answer of the whole turn; the 135M model does not write "Name:" first, so each gen then
+    # continues the turn itself
+    assert chat.token_usage.requests == 3

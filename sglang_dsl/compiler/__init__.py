@@ -1,5 +1,12 @@
 """Compiler passes over the IR: prefix-sharing plans and constraint compilation to token-level automata.
 
+Plans (see docs/compiler.md; frozen data with text and JSON forms, `plan_data` / `plan_text`):
+
+- ``prefix``: the constant (argument-independent) prefix of a graph, and the prefix once arguments are bound;
+- ``batch_plan``: ``run_batch`` over a token trie of the bound prompts, each shared prefix prefilled once;
+- ``program_plan``: fork, select and constraint plans and segments (``segments``, ``constraint_plan``);
+- ``codec``: how plans count tokens (a backend's tokenizer, or characters).
+
 Constraints (no torch here; the runtime applies the masks, see docs/constraints.md):
 
 - ``regex_syntax``: checks a regex (caret errors for look-around, back-references, ``\\b``, inner anchors...)

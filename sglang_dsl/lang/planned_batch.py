@@ -38,8 +38,16 @@ def plan_for(function: "SglFunction", arguments: list[dict[str, Any]], backend: 
         return None
     _prepare_constraints(graph, backend)
     codec = backend.prompt_codec() or CHARACTERS
-    page_size = int(backend.server_info().get("page_size") or 1)
-    return plan_batch(graph, arguments, codec, template=backend.chat_template(), page_size=page_size)
+    return plan_batch(graph, arguments, codec, template=backend.chat_template(), page_size=_page_size(backend))
+
+
+def _page_size(backend: "Backend") -> int:
+    """The backend's KV page size (cache hits come in whole pages), 1 when it does not say."""
+    try:
+        return int(backend.server_info().get("page_size") or 1)
+    except Exception as err:  # noqa: BLE001 -- only the predictions depend on it
+        log.debug("no page size from %s: %s", backend.name, err)
+        return 1
 
 
 def _prepare_constraints(graph, backend: "Backend") -> None:

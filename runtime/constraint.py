@@ -87,12 +87,14 @@ class ConstraintManager:
         key = compiler.key(spec)
         with self._lock:
             future = self._in_flight.get(key)
-            if future is None:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sglang-dsl-constraint")
-                future = self._in_flight[key] = self._pool.submit(compiler.compile, spec)
-                future.add_done_callback(lambda _: self._forget(key))
-            return future
+            if future is not None:
+                return future
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sglang-dsl-constraint")
+            future = self._in_flight[key] = self._pool.submit(compiler.compile, spec)
+        # outside the lock: a compile already done runs the callback here, and _forget takes the lock
+        future.add_done_callback(lambda _: self._forget(key))
+        return future
 
     def _forget(self, key: str) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Mapping
 
 from backends.base import Backend, Capabilities, ChatTemplate, GenerateCall, Generation
 from backends.http import HttpClient, HttpConfig
+from backends.limit import ConcurrencyLimit
 from backends.openai import TokenUsage
 from backends.templates import CLAUDE, answer_messages
 from sglang_dsl.lang.errors import ProgramError
@@ -33,20 +34,23 @@ FINISH_TYPES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 
 class Anthropic(Backend):
     """A Claude model. ``api_key`` defaults to ``$ANTHROPIC_API_KEY``, ``base_url`` to ``$ANTHROPIC_BASE_URL`` or
-    Anthropic's; ``max_tokens`` is sent for gens that set no limit."""
+    Anthropic's; ``max_tokens`` is sent for gens that set no limit; ``max_concurrency``: requests out at once."""
 
     capabilities = CAPABILITIES
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, *,
                  max_tokens: int = 1024, chat_template: ChatTemplate | None = None, timeout: float = 120.0,
-                 max_retries: int = 3, verify: bool | str = True):
+                 max_retries: int = 3, verify: bool | str = True, max_concurrency: int = 64):
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL
         api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
         self.model = model
         self.max_tokens = max_tokens
+        self.max_concurrency = max_concurrency
+        self._limit = ConcurrencyLimit(max_concurrency)
         self.http = HttpClient(base_url, api_key, headers={"anthropic-version": API_VERSION},
                                auth_header="x-api-key", auth_scheme="",
-                               config=HttpConfig(timeout=timeout, max_retries=max_retries, verify=verify))
+                               config=HttpConfig(timeout=timeout, max_retries=max_retries, verify=verify,
+                                                 max_connections=max_concurrency))
         self.name = f"Anthropic({model!r} at {self.http.base_url})"
         self._template = chat_template or CLAUDE
         self.token_usage = TokenUsage()
@@ -59,7 +63,8 @@ class Anthropic(Backend):
 
     async def generate(self, call: GenerateCall) -> Generation:
         body, trimmed = self._body(call)
-        reply = await self.http.post_json("v1/messages", body)
+        async with self._limit.slot():
+            reply = await self.http.post_json("v1/messages", body)
         if not isinstance(reply, dict) or not isinstance(reply.get("content"), list):
             raise ProgramError(f"{self.http.url('v1/messages')} answered without content: {str(reply)[:200]!r}")
         self.token_usage.add(_usage(reply.get("usage")))
@@ -69,17 +74,18 @@ class Anthropic(Backend):
     async def stream(self, call: GenerateCall) -> AsyncIterator[Generation]:
         text, message, usage, final = "", {}, {}, {}
         body, trimmed = self._body(call)
-        async for event in self.http.stream_events("v1/messages", {**body, "stream": True}):
-            kind = event.get("type")
-            if kind == "message_start":
-                message = event.get("message") or {}
-                usage = dict(message.get("usage") or {})
-            elif kind == "content_block_delta" and (event.get("delta") or {}).get("type") == "text_delta":
-                text += event["delta"].get("text", "")
-                yield Generation(_after(text, trimmed), _meta(message.get("id"), {}, usage), finished=False)
-            elif kind == "message_delta":
-                final = event.get("delta") or {}
-                usage.update(event.get("usage") or {})
+        async with self._limit.slot():
+            async for event in self.http.stream_events("v1/messages", {**body, "stream": True}):
+                kind = event.get("type")
+                if kind == "message_start":
+                    message = event.get("message") or {}
+                    usage = dict(message.get("usage") or {})
+                elif kind == "content_block_delta" and (event.get("delta") or {}).get("type") == "text_delta":
+                    text += event["delta"].get("text", "")
+                    yield Generation(_after(text, trimmed), _meta(message.get("id"), {}, usage), finished=False)
+                elif kind == "message_delta":
+                    final = event.get("delta") or {}
+                    usage.update(event.get("usage") or {})
         self.token_usage.add(_usage(usage))
         yield Generation(_after(text, trimmed), _meta(message.get("id"), final, usage), finished=True)
 

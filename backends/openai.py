@@ -34,6 +34,7 @@ from typing import Any, AsyncIterator, Hashable
 
 from backends.base import Backend, Capabilities, ChatTemplate, GenerateCall, Generation, Prompt, SelectCall
 from backends.http import HttpClient, HttpConfig, HttpError
+from backends.limit import ConcurrencyLimit
 from backends.openai_wire import (
     BASE_SAMPLING, EXTENDED_SAMPLING, by_index, choice_logprobs, delta_text, echoed_entries, meta_info,
     reply_text, response_format, sampling_fields, texts_or_one,
@@ -95,19 +96,22 @@ class OpenAI(Backend):
     """A model on an OpenAI-compatible server. ``base_url`` defaults to ``$OPENAI_BASE_URL`` or OpenAI's,
     ``api_key`` to ``$OPENAI_API_KEY``; ``is_chat_model`` defaults as in SGLang (chat, except OpenAI's completion
     models). ``features`` (see the module docstring) skips asking the server. ``chat_template`` only renders the
-    program's text (the server renders the real prompt); SGLang's ``default`` template otherwise."""
+    program's text (the server renders the real prompt); SGLang's ``default`` template otherwise.
+    ``max_concurrency``: requests out at once (the rest wait their turn, so ``run_batch`` frees its threads)."""
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  is_chat_model: bool | None = None, chat_template: ChatTemplate | None = None,
                  features: Any = None, *, timeout: float = 120.0, max_retries: int = 3, verify: bool | str = True,
-                 organization: str | None = None, spec_capacity: int = 256):
+                 organization: str | None = None, spec_capacity: int = 256, max_concurrency: int = 64):
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = {"OpenAI-Organization": organization} if organization else {}
         self.model = model
         self.is_chat_model = model not in COMPLETION_MODELS if is_chat_model is None else bool(is_chat_model)
-        self.http = HttpClient(base_url, api_key, headers=headers,
-                               config=HttpConfig(timeout=timeout, max_retries=max_retries, verify=verify))
+        self.max_concurrency = max_concurrency
+        self._limit = ConcurrencyLimit(max_concurrency)
+        self.http = HttpClient(base_url, api_key, headers=headers, config=HttpConfig(
+            timeout=timeout, max_retries=max_retries, verify=verify, max_connections=max_concurrency))
         self.name = f"OpenAI({model!r} at {self.http.base_url})"
         self.features = self._features(features)
         self.capabilities = capabilities_for(self.features, self.is_chat_model)
@@ -163,20 +167,21 @@ class OpenAI(Backend):
         body = {**self._body(call, call.prompt), "stream": True, "stream_options": {"include_usage": True}}
         text, entries, tops, usage, reply_id, finish = "", [], [], {}, None, None
         logprobs = bool(call.params.return_logprob)
-        async for event in self.http.stream_events(self._path, body):
-            usage = event.get("usage") or usage
-            reply_id = event.get("id") or reply_id
-            piece = ""
-            for choice in event.get("choices") or ():
-                piece += delta_text(choice, self.is_chat_model)
-                finish = choice.get("finish_reason") or finish
-                if logprobs:
-                    new_entries, new_tops = choice_logprobs(choice, self.is_chat_model)
-                    entries.extend(new_entries)
-                    tops.extend(new_tops)
-            text += piece
-            if piece:
-                yield Generation(text, self._stream_meta(reply_id, usage, None, entries, tops, logprobs), False)
+        async with self._limit.slot():
+            async for event in self.http.stream_events(self._path, body):
+                usage = event.get("usage") or usage
+                reply_id = event.get("id") or reply_id
+                piece = ""
+                for choice in event.get("choices") or ():
+                    piece += delta_text(choice, self.is_chat_model)
+                    finish = choice.get("finish_reason") or finish
+                    if logprobs:
+                        new_entries, new_tops = choice_logprobs(choice, self.is_chat_model)
+                        entries.extend(new_entries)
+                        tops.extend(new_tops)
+                text += piece
+                if piece:
+                    yield Generation(text, self._stream_meta(reply_id, usage, None, entries, tops, logprobs), False)
         self.token_usage.add(usage)
         yield Generation(text, self._stream_meta(reply_id, usage, finish, entries, tops, logprobs), True)
 
@@ -212,7 +217,8 @@ class OpenAI(Backend):
         return {"messages": messages}
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        reply = await self.http.post_json(path, body)
+        async with self._limit.slot():
+            reply = await self.http.post_json(path, body)
         if not isinstance(reply, dict) or "choices" not in reply:
             raise ProgramError(f"{self.http.url(path)} answered without choices: {str(reply)[:200]!r}")
         self.token_usage.add(reply.get("usage"))

@@ -219,8 +219,11 @@ def test_speculation_store_answers_only_what_the_model_wrote():
     assert store.take("ctx", "Name:", ["\n"]) is None  # capacity 2: the oldest went
 
 
-def test_run_batch_keeps_many_requests_in_flight(completion, stub):
+@pytest.mark.parametrize("limit", [64, 6])
+def test_run_batch_keeps_max_concurrency_requests_in_flight(stub, limit):
     stub.delay, stub.most_in_flight = 0.2, 0
+    stub.requests.clear()
+    backend = OpenAI(stub.model, base_url=stub.url, is_chat_model=False, max_concurrency=limit)
 
     @sgl.function
     def name(s, i):
@@ -228,8 +231,14 @@ def test_run_batch_keeps_many_requests_in_flight(completion, stub):
         s += f" #{i}"
 
     try:
-        states = name.run_batch([{"i": i} for i in range(40)], num_threads=40, backend=completion)
+        states = name.run_batch([{"i": i} for i in range(40)], num_threads=8, backend=backend)
     finally:
         stub.delay = 0.0
+        backend.shutdown()
     assert [s.text() for s in states] == [f"Name: Alice #{i}" for i in range(40)]
-    assert stub.requests["completions"] == 40 and stub.most_in_flight >= 20
+    assert stub.requests["completions"] == 40
+    # the backend queues what is over its limit, so 8 body threads still keep more than 8 requests out
+    if limit < 40:
+        assert stub.most_in_flight == limit
+    else:
+        assert stub.most_in_flight >= 20

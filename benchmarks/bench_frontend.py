@@ -17,6 +17,7 @@ import cProfile
 import gc
 import os
 import pstats
+import statistics
 import sys
 import time
 import types
@@ -74,7 +75,8 @@ def measure(run: Callable[[], list], programs: int, check: Callable[[Any], None]
     return elapsed
 
 
-def bench_ours(url: str, programs: int, warmup: int, profile: bool) -> float:
+def ours(url: str, programs: int, warmup: int, profile: bool) -> Callable[[], float]:
+    """A runner of sglang-dsl's batch (warmed up); each call returns its seconds."""
     import sglang_dsl as sgl
 
     backend = sgl.RuntimeEndpoint(url)
@@ -86,18 +88,22 @@ def bench_ours(url: str, programs: int, warmup: int, profile: bool) -> float:
         assert state["verdict"] in ("correct", "wrong", "unsure") and state["answer"]
 
     program.run_batch(batch[:warmup], backend=backend, temperature=0)
-    profiler = cProfile.Profile() if profile else None
-    if profiler:
-        profiler.enable()
-    elapsed = measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
-    if profiler:
-        profiler.disable()
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
-    backend.shutdown()
-    return elapsed
+
+    def once() -> float:
+        profiler = cProfile.Profile() if profile else None
+        if profiler:
+            profiler.enable()
+        elapsed = measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
+        if profiler:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+        return elapsed
+
+    return once
 
 
-def bench_sglang(api: Any, url: str, programs: int, warmup: int) -> float:
+def sglangs(api: Any, url: str, programs: int, warmup: int) -> Callable[[], float]:
+    """A runner of SGLang's batch (warmed up); each call returns its seconds."""
     backend = api.RuntimeEndpoint(url)
     program = make_program(api)
     batch = [{"question": f"Is {i} + {i} = {2 * i}?"} for i in range(programs)]
@@ -106,34 +112,39 @@ def bench_sglang(api: Any, url: str, programs: int, warmup: int) -> float:
         assert state["verdict"] in ("correct", "wrong", "unsure") and state["answer"]
 
     program.run_batch(batch[:warmup], backend=backend, temperature=0)
-    return measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
+    return lambda: measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--programs", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each frontend")
     parser.add_argument("--sglang-path", default=DEFAULT_SGLANG_PATH)
-    parser.add_argument("--profile", action="store_true", help="cProfile sglang-dsl's run")
+    parser.add_argument("--profile", action="store_true", help="cProfile sglang-dsl's runs")
     args = parser.parse_args()
     console = Console()
-    rows: list[tuple[str, float]] = []
     with NativeStub() as url:
-        console.print(f"stub at {url}; {args.programs} programs of gen, gen, select each")
-        rows.append(("sglang-dsl RuntimeEndpoint", bench_ours(url, args.programs, args.warmup, args.profile)))
+        console.print(f"stub at {url}; {args.programs} programs of gen, gen, select each; {args.repeat} runs each")
+        runners = {"sglang-dsl RuntimeEndpoint": ours(url, args.programs, args.warmup, args.profile)}
         api = load_sglang(args.sglang_path)
         if api is None:
             console.print(f"[yellow]SGLang's frontend is not installed at {args.sglang_path}: its column is "
                           "skipped (see this script's docstring)")
         else:
-            rows.append(("SGLang 0.5.23 RuntimeEndpoint", bench_sglang(api, url, args.programs, args.warmup)))
+            runners["SGLang 0.5.23 RuntimeEndpoint"] = sglangs(api, url, args.programs, args.warmup)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(args.repeat):
+            for name, once in runners.items():
+                times[name].append(once())
     table = Table(title=f"run_batch of {args.programs} programs (gen, gen, select) against an instant stub")
-    for column in ("frontend", "seconds", "programs/s", "vs SGLang"):
+    for column in ("frontend", "best s", "median s", "programs/s (best)", "vs SGLang (best)"):
         table.add_column(column, justify="right" if column != "frontend" else "left")
-    baseline = rows[1][1] if len(rows) > 1 else None
-    for name, seconds in rows:
-        ratio = f"{baseline / seconds:.2f}x" if baseline else "-"
-        table.add_row(name, f"{seconds:.2f}", f"{args.programs / seconds:.0f}", ratio)
+    baseline = min(times["SGLang 0.5.23 RuntimeEndpoint"]) if api is not None else None
+    for name, runs in times.items():
+        ratio = f"{baseline / min(runs):.2f}x" if baseline else "-"
+        table.add_row(name, f"{min(runs):.2f}", f"{statistics.median(runs):.2f}",
+                      f"{args.programs / min(runs):.0f}", ratio)
     console.print(table)
 
 

@@ -3,7 +3,8 @@
 It answers at once, from a separate process (so it does not share the frontend's interpreter), with plausible
 responses: ``/get_model_info``, ``/server_info``, ``/tokenize`` (word-level tokens),
 ``/generate`` for ``text`` or ``input_ids``, single or batched, with prompt-token logprobs from
-``logprob_start_len`` when asked (what ``select`` needs), and ``/flush_cache``. It speaks just enough HTTP/1.1 for
+``logprob_start_len`` when asked (what ``select`` needs), ``/flush_cache``, and optionally our
+``/generate_program``. It speaks just enough HTTP/1.1 for
 keep-alive clients (httpx) and one-shot ones (urllib), over a raw asyncio server."""
 
 from __future__ import annotations
@@ -81,12 +82,34 @@ def generate(body: dict) -> Any:
     return results if batch else results[0]
 
 
-def route(method: str, path: str, body: bytes) -> tuple[int, Any]:
+def generate_program(body: dict) -> dict:
+    """A ``/generate_program`` answer (our extension): text steps append, gens append the stub answer, selects pick
+    the choice whose tokens score best under the stub's made-up logprobs."""
+    text, outputs = body["text"], []
+    for step in body["steps"]:
+        if step["type"] == "text":
+            text += step["text"]
+            continue
+        if step["type"] == "gen":
+            value = _one(text, step, len(outputs))["text"]
+            meta = {"prompt_tokens": len(_prompt_ids(text)), "completion_tokens": len(_prompt_ids(value)),
+                    "cached_tokens": 0, "finish_reason": {"type": "length", "length": len(value)}}
+        else:
+            scores = [sum(-0.05 * (1 + t % 11) for t in ids) / max(len(ids), 1)
+                      for ids in (_prompt_ids(choice) for choice in step["choices"])]
+            value = step["choices"][scores.index(max(scores))]
+            meta = {"normalized_prompt_logprobs": scores, "prompt_tokens": len(_prompt_ids(text))}
+        text += value
+        outputs.append({"node": step["node"], "name": step.get("name"), "value": value, "meta_info": meta})
+    return {"outputs": outputs, "text": text}
+
+
+def route(method: str, path: str, body: bytes, program_endpoint: bool = False) -> tuple[int, Any]:
     path = path.split("?", 1)[0]
     if path in ("/get_model_info", "/model_info"):
         return 200, {"model_path": "stub-model", "is_generation": True, "has_image_understanding": False}
     if path in ("/server_info", "/get_server_info"):
-        return 200, {"version": "stub"}
+        return 200, {"version": "stub", "program_endpoint": program_endpoint}
     if path == "/flush_cache":
         return 200, "Cache flushed."
     data = json.loads(body or b"{}")
@@ -96,10 +119,13 @@ def route(method: str, path: str, body: bytes) -> tuple[int, Any]:
         return 200, {"tokens": tokens, "count": 0, "max_model_len": 1 << 20}
     if path == "/generate":
         return 200, generate(data)
+    if path == "/generate_program" and program_endpoint:
+        return 200, generate_program(data)
     return 404, {"error": {"message": f"no route {method} {path}"}}
 
 
-async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            program_endpoint: bool) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -107,7 +133,7 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             method, path, version = lines[0].split(" ", 2)
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
             body = await reader.readexactly(int(headers.get("content-length", 0)))
-            status, payload = route(method, path, body)
+            status, payload = route(method, path, body, program_endpoint)
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
             writer.write(b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n"
@@ -121,9 +147,10 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         writer.close()
 
 
-def _run(port_pipe) -> None:
+def _run(port_pipe, program_endpoint: bool) -> None:
     async def main() -> None:
-        server = await asyncio.start_server(_serve_connection, "127.0.0.1", 0, backlog=4096)
+        server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, program_endpoint), "127.0.0.1", 0,
+                                            backlog=4096)
         port_pipe.send(server.sockets[0].getsockname()[1])
         await server.serve_forever()
 
@@ -131,12 +158,16 @@ def _run(port_pipe) -> None:
 
 
 class NativeStub:
-    """``with NativeStub() as url:`` — the stub in its own process on a free loopback port."""
+    """``with NativeStub() as url:`` — the stub in its own process on a free loopback port; with
+    ``program_endpoint`` it also offers ``/generate_program`` (and says so in ``/server_info``)."""
+
+    def __init__(self, program_endpoint: bool = False):
+        self.program_endpoint = program_endpoint
 
     def __enter__(self) -> str:
         context = multiprocessing.get_context("spawn")
         receiver, sender = context.Pipe(duplex=False)
-        self._process = context.Process(target=_run, args=(sender,), daemon=True)
+        self._process = context.Process(target=_run, args=(sender, self.program_endpoint), daemon=True)
         self._process.start()
         if not receiver.poll(30):
             raise TimeoutError("the native stub did not start within 30 s")

@@ -75,8 +75,10 @@ def test_a_bad_argument_fails_fast_and_leaves_no_thread(runtime):
 
 
 def test_zz_a_shut_down_runtime_fails_fast(runtime):
-    """Runs last in this module: it closes the shared endpoint (the server keeps running)."""
-    runtime.endpoint.shutdown()
+    """A closed endpoint fails at once (a second endpoint to the same server: the shared one stays open for the
+    tests below, which pytest runs after the suite's)."""
+    endpoint = sgl.RuntimeEndpoint(runtime.base_url)
+    endpoint.shutdown()
 
     @sgl.function
     def after(s):
@@ -85,7 +87,7 @@ def test_zz_a_shut_down_runtime_fails_fast(runtime):
     start = time.perf_counter()
     with pytest.raises(sgl.ProgramError, match=r"program 'after', node gen\('x'\): the endpoint http://127.0.0.1:"
                                                r"\d+ has been shut down"):
-        after.run()
+        after.run(backend=endpoint)
     assert time.perf_counter() - start < 1.0
 
 

@@ -75,3 +75,21 @@ def test_planned_and_unplanned_runs_agree(runtime):
     finally:
         global_config.enable_batch_planning = True
     assert planned == unplanned
+
+
+def test_a_batch_larger_than_the_kv_pool_keeps_every_planned_hit(tmp_path):
+    """Six groups whose prefixes and programs together need several times the pool: the plan's order still gets
+    every predicted cache hit."""
+    from backends.local import Runtime
+
+    make_hf_model("llama", tmp_path)
+    write_word_tokenizer(tmp_path)
+    headers = [" ".join(f"w{20 + 5 * h + k % 11}" for k in range(40)) for h in range(6)]
+    entries = [{"header": headers[i % 6], "question": f"w{100 + i} w{200 + i}"} for i in range(24)]
+    with Runtime(model=str(tmp_path), device="cpu", dtype="float32", max_total_tokens=160,
+                 max_running_requests=4) as rt:
+        plan = plan_for(few_shot, [few_shot.arguments((), e) for e in entries], rt)
+        assert sum(p.tokens for p in plan.prefixes) > 160
+        states = few_shot.run_batch(entries, backend=rt)
+        hits = [s.get_meta_info("answer")["cached_tokens"] for s in states]
+    assert hits == [instance.cached_tokens for instance in plan.instances]

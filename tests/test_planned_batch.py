@@ -90,3 +90,30 @@ def test_a_trace_ending_early_still_plans_the_header():
     prefills = [text for kind, text in backend.events if kind == "prefill"]
     # the prompt goes on after the boundary, so its last "token" (character) may merge and is not shared
     assert sorted(prefills) == sorted(h[:-1] for h in HEADERS)
+
+
+def test_kv_window_holds_back_unrelated_groups_but_not_descendants():
+    from sglang_dsl.compiler.batch_plan import plan_batch
+    from sglang_dsl.lang.planned_batch import KvWindow
+
+    headers = ["A header that is long enough. ", "Another header, also long. "]
+    batch = [{"header": headers[0], "question": q} for q in ("xxxxx one", "xxxxx two", "zz")] + \
+            [{"header": headers[1], "question": q} for q in ("three", "four")]
+    plan = plan_batch(qa.trace(), batch)
+    top = [p.id for p in plan.prefixes if p.parent is None]
+    (child,) = [p.id for p in plan.prefixes if p.parent is not None]
+    window = KvWindow(plan, budget=window_size(plan, top[0]) + 1)
+    window.enter(("prefix", top[0]))
+    window.enter(("prefix", child))  # a descendant reuses its ancestor's KV: it enters at once
+    entered = threading.Event()
+    other = threading.Thread(target=lambda: (window.enter(("prefix", top[1])), entered.set()))
+    other.start()
+    assert not entered.wait(0.2)  # the unrelated group waits for room
+    for index in plan.prefixes[top[0]].instances:
+        window.finished(index)
+    assert entered.wait(5)
+    other.join()
+
+
+def window_size(plan, prefix_id):
+    return plan.prefixes[prefix_id].new_tokens + sum(i.new_tokens for i in plan.instances if i.prefix == prefix_id)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from sglang_dsl.compiler.capabilities import check_run
 from sglang_dsl.lang.config import global_config, resolve_backend
 from sglang_dsl.lang.params import SamplingParams
-from sglang_dsl.lang.planned_batch import plan_for, submit_planned
+from sglang_dsl.lang.planned_batch import kv_budget, plan_for, submit_planned
 from sglang_dsl.lang.state import ProgramState
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def _states(function: "SglFunction", arguments: list[dict[str, Any]], defaults: 
         futures: list[Future[ProgramState]] = []
         try:
             if plan is not None:
-                futures = submit_planned(plan, pool, backend, lambda i: one(arguments[i]))
+                futures = submit_planned(plan, pool, backend, lambda i: one(arguments[i]), kv_budget(plan, backend))
             else:
                 futures = _submit_unplanned(pool, one, arguments, precache)
             for future in futures:

@@ -3,7 +3,8 @@
 ``sgl.Runtime(model="smollm2-135m", **runtime_args)`` loads the model once; every program, fork and batch that
 runs on it shares the engine's radix cache, so shared prefixes are computed once. Roles render through the
 model's own chat template. ``select`` scores all choices in one batch over a prefix prefilled once
-(`backends.scoring`).
+(`backends.scoring`). ``run_segment`` runs a straight-line run of text/gen/select steps as one program request
+of the engine (`runtime.program`): its KV stays in place from step to step and selects are scored inside.
 
 This module imports torch (through the runtime); ``sglang_dsl`` imports it only when a runtime is created."""
 
@@ -15,7 +16,10 @@ import logging
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Mapping, Sequence, TypeVar
 
-from backends.base import Backend, Capabilities, GenerateCall, Generation, Prompt, SelectCall
+from backends.base import (
+    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentResult, SelectCall,
+    SelectStep, StepOutput, TextStep,
+)
 from backends.scoring import EngineScorer, score_choices
 from sglang_dsl.lang.choices import ChoicesDecision
 from sglang_dsl.lang.errors import ProgramError
@@ -35,7 +39,7 @@ class Runtime(Backend):
     accepted as SGLang spells it. Use as a context manager or call `shutdown`."""
 
     name = "local runtime"
-    capabilities = Capabilities(select=True, streaming=True, images=False, prefix_cache=True)
+    capabilities = Capabilities(select=True, streaming=True, images=False, prefix_cache=True, segments=True)
 
     def __init__(self, model: str = "smollm2-135m", *, model_path: str | None = None, log_level: str | None = None,
                  **runtime_args: Any):
@@ -86,6 +90,17 @@ class Runtime(Backend):
         self._check_running()
         return await score_choices(EngineScorer(self), call)
 
+    async def run_segment(self, call: SegmentCall) -> SegmentResult:
+        self._check_running()
+        program = self.engine.make_program(call.prompt.text, [_program_step(step) for step in call.steps])
+        output = await self._alive(self.engine.async_generate_program(program))
+        if output.error is not None:
+            raise ProgramError(f"the runtime aborted the request: {output.error}",
+                               node=_failed_node(call, len(output.steps)))
+        return SegmentResult(tuple(
+            StepOutput(r.node, r.name, r.value, native_meta(r.output, r.request) if r.output else r.meta_info)
+            for r in output.steps))
+
     async def cache_prefix(self, prompt: Prompt) -> None:
         self._check_running()
         await self.prefill(self.encode(prompt.text))
@@ -128,9 +143,9 @@ class Runtime(Backend):
     def encode(self, text: str) -> list[int]:
         """Token ids of a program's text. Special tokens spelled in it (from the chat template) map to their ids,
         and BOS is not added twice when the template already wrote it."""
-        bos = self.tokenizer.bos_token_id
-        bos_text = self.tokenizer.id_to_token(bos) if bos is not None else None
-        return self.tokenizer.encode(text, add_special_tokens=not (bos_text and text.startswith(bos_text)))
+        from runtime.program import encode_program_text
+
+        return encode_program_text(self.tokenizer, text)
 
     async def prefill(self, ids: Sequence[int]):
         """Compute (and cache) the KV of ``ids``; returns the engine's output (``cached_tokens``...)."""
@@ -203,6 +218,26 @@ def native_meta(output: Any, request: Any) -> dict[str, Any]:
                                           for t in output.input_top_logprobs or ()]
             meta["output_top_logprobs"] = [[list(e) for e in t] for t in output.output_top_logprobs or ()]
     return meta
+
+
+def _program_step(step: Any) -> Any:
+    """A segment step as the engine takes it (a select keeps its method object: custom methods run too)."""
+    from runtime.program import ProgramSelect
+
+    if isinstance(step, TextStep):
+        return {"type": "text", "text": step.text}
+    if isinstance(step, GenStep):
+        return {"type": "gen", "node": step.node, "name": step.name, "sampling_params": step.sampling_params(),
+                **step.logprob_options()}
+    if isinstance(step, SelectStep):
+        return ProgramSelect(step.node, step.name, step.choices, step.temperature, step.method)
+    raise TypeError(f"unknown segment step {type(step).__name__}")
+
+
+def _failed_node(call: SegmentCall, completed: int) -> str:
+    """The node of the first gen/select step that did not complete."""
+    calls = [step for step in call.steps if not isinstance(step, TextStep)]
+    return calls[min(completed, len(calls) - 1)].node if calls else call.node
 
 
 def _finished(output: Any) -> Any:

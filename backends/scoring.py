@@ -9,14 +9,16 @@ server).
    common token prefix, so neither a prefix token leaks into a choice's score nor is a choice token dropped.
 3. If the choices method wants them, the same tokens are scored after BOS alone (unconditional likelihood).
 
-The method (`sglang_dsl.lang.choices`) then decides from the per-choice token log-probabilities."""
+The method (`sglang_dsl.lang.choices`) then decides from the per-choice token log-probabilities. The engine
+scores the select steps of program requests the same way (`runtime.program_run`), with the same token windows
+(`choice_windows`) and decision (`sglang_dsl.compiler.choice_methods`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
-from sglang_dsl.lang.choices import ChoicesDecision, decide
+from sglang_dsl.lang.choices import ChoicesDecision, choice_windows, decide
 
 if TYPE_CHECKING:
     from backends.base import SelectCall
@@ -51,8 +53,7 @@ class TokenScorer(Protocol):
 
 async def score_choices(scorer: TokenScorer, call: "SelectCall") -> ChoicesDecision:
     prefix, *prompts = await scorer.encode_all([call.prompt.text, *(call.prompt.text + c for c in call.choices)])
-    starts = [max(1, _common_length(prefix, ids)) for ids in prompts]
-    window = min(starts) - 1  # the first entry of the window has no logprob, so start one token earlier
+    starts, window = choice_windows(prefix, prompts)
     prefix_cached = await scorer.prefill(prefix) if prefix else 0
     outputs = await scorer.score(prompts, window)
     conditional = [o.input_token_logprobs[start - window:] for o, start in zip(outputs, starts)]
@@ -100,11 +101,3 @@ class EngineScorer:
         outputs = await self.runtime.wait_all([engine.async_generate(r) for r in requests])
         return [ScoredPrompt(list(o.input_token_logprobs), o.cached_tokens) for o in outputs]
 
-
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

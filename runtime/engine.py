@@ -19,6 +19,8 @@ from runtime.args import RuntimeArgs
 from runtime.constraint import ConstraintManager
 from runtime.metrics import EngineMetrics
 from runtime.model_runner import ModelRunner
+from runtime.program import ProgramGen, ProgramOutput, ProgramRequest, ProgramStep, parse_steps, step_label
+from runtime.program_run import ProgramRun, when_all
 from runtime.req import Req
 from runtime.requests import (
     FinishReason, GenerateOutput, GenerateRequest, InvalidRequestError, LogprobRequest, SamplingParams,
@@ -34,7 +36,9 @@ class Engine:
     """``Engine(model="smollm2-135m")`` loads the model and starts serving requests in the background.
 
     ``generate`` is the synchronous API (text or token ids, one prompt or a batch); ``async_generate`` and
-    ``generate_stream`` are the asynchronous ones. Call ``shutdown`` (or use ``with Engine(...)``) to stop."""
+    ``generate_stream`` are the asynchronous ones. ``generate_program`` / ``async_generate_program`` run a
+    program request (`runtime.program`: text, gen and select steps as one request). Call ``shutdown`` (or use
+    ``with Engine(...)``) to stop."""
 
     def __init__(self, args: RuntimeArgs | None = None, **overrides: Any):
         self.args = replace(args or RuntimeArgs(), **overrides)
@@ -153,6 +157,65 @@ class Engine:
         futures = [self._submit_future(r) for r in requests]
         outputs = [f.result() for f in futures]
         return outputs if batch or sampling.n > 1 else outputs[0]
+
+    # ---- program requests (runtime/program.py) -------------------------------------------------------------
+
+    def make_program(self, text: str, steps: Sequence[ProgramStep | dict], rid: str | None = None) -> ProgramRequest:
+        """A validated program request: ``text`` then ``steps`` (step objects or their native dicts).
+        `InvalidRequestError` names the step that is wrong."""
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"text must be a string, got {type(text).__name__}")
+        parsed = parse_steps(steps)
+        for index, step in enumerate(parsed):
+            if isinstance(step, ProgramGen):
+                try:
+                    self.constraints.spec_of(step.sampling)
+                except InvalidRequestError as err:
+                    raise InvalidRequestError(f"{step_label(index, step.node)}: {err}") from None
+        return ProgramRequest(rid or uuid.uuid4().hex, text, parsed)
+
+    def submit_program(self, program: ProgramRequest, deliver: Callable[[ProgramOutput], None]) -> None:
+        """Queue a program request; ``deliver`` gets its output once, from the scheduler thread (at once when it
+        has no gen or select step). Raises `InvalidRequestError` when the text before its first step does not
+        fit the context."""
+        compiles = {i: self.constraints.compile(spec) for i, step in enumerate(program.steps)
+                    if isinstance(step, ProgramGen) and (spec := self.constraints.spec_of(step.sampling))}
+        run = ProgramRun(program, self.tokenizer, deliver, compiles)
+        if run.advance() is None:
+            run.finished(GenerateOutput(program.rid, "", (), FinishReason("stop"), 0, 0, 0))
+            return
+        ids = run.target_ids()
+        if not ids or len(ids) >= self.runner.context_length:
+            raise InvalidRequestError(f"the text before steps[{run.step_index}] has {len(ids)} tokens; it must have "
+                                      f"1 to {self.runner.context_length - 1}")
+        req = Req(run.step_request(ids), self.tokenizer, run.finished, program=run)
+        nodes = {i: program.steps[i].node for i in compiles}
+        req.constraint_future = when_all(compiles, nodes, run.step_index)
+        if req.constraint_future is not None:
+            req.constraint_future.add_done_callback(lambda _: self._inbox.put(self.scheduler.promote_compiled))
+        self._inbox.put(lambda: self.scheduler.add(req))
+
+    async def async_generate_program(self, program: ProgramRequest) -> ProgramOutput:
+        """Run a program request; cancelling the caller aborts it."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[ProgramOutput] = loop.create_future()
+
+        def deliver(output: ProgramOutput) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: result.done() or result.set_result(output))
+
+        self.submit_program(program, deliver)
+        try:
+            return await result
+        finally:
+            if not result.done():
+                self._inbox.put(lambda: self.scheduler.abort(program.rid))
+
+    def generate_program(self, text: str, steps: Sequence[ProgramStep | dict], *, rid: str | None = None) -> ProgramOutput:
+        """Blocking `async_generate_program` of ``make_program(text, steps, rid)``."""
+        future: Future = Future()
+        self.submit_program(self.make_program(text, steps, rid), future.set_result)
+        return future.result()
 
     def _submit_future(self, request: GenerateRequest) -> Future:
         future: Future = Future()

@@ -65,14 +65,16 @@ class EngineMetrics:
 
     def request_finished(
         self, prompt_tokens: int, completion_tokens: int, cached_tokens: int, finish_type: str | None,
-        e2e_seconds: float,
+        e2e_seconds: float, count_request: bool = True,
     ) -> None:
-        """One request ended; ``finish_type`` is its ``FinishReason.type`` (``stop``, ``length``, ``abort``)."""
+        """One request ended; ``finish_type`` is its ``FinishReason.type`` (``stop``, ``length``, ``abort``).
+        ``count_request=False``: only its tokens count (a step of a program request, a select's scoring row)."""
         self.prompt_tokens.inc(max(0, prompt_tokens))
         self.generation_tokens.inc(max(0, completion_tokens))
         self.cached_tokens.inc(max(0, cached_tokens))
-        self.requests.labels(finish_reason=finish_type or "unknown").inc()
-        self.e2e_request_latency.observe(max(0.0, e2e_seconds))
+        if count_request:
+            self.requests.labels(finish_reason=finish_type or "unknown").inc()
+            self.e2e_request_latency.observe(max(0.0, e2e_seconds))
 
     def update_state(self, running: int, queued: int, kv_usage: float, cache_hit_rate: float) -> None:
         self.num_running_requests.set(running)

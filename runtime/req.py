@@ -48,11 +48,24 @@ class Req:
     # constrained decoding (runtime/constraint.py): the compile in flight, then the request's matcher state
     constraint_future: Any = None
     constraint: Any = None
+    # program requests (runtime/program_run.py): the run this request drives; its select scoring rows are not
+    # counted as requests of their own
+    program: Any = None
+    counted: bool = True
 
     def __post_init__(self) -> None:
         sampling = self.request.sampling
         self.detokenizer = self.tokenizer.detokenizer(skip_special_tokens=sampling.skip_special_tokens)
         self.stop_matcher = StopMatcher(sampling.stop) if sampling.stop else None
+
+    def restart(self, request: GenerateRequest, cached_tokens: int) -> None:
+        """Continue as ``request`` (a program's next step) on the same row and KV, with a fresh output."""
+        self.request, self.cached_tokens = request, cached_tokens
+        self.output_ids, self.text, self.finish = [], "", None
+        self.output_logprobs, self.output_top_logprobs = [], []
+        self.input_logprobs = self.input_top_logprobs = None
+        self.constraint_future = self.constraint = None
+        self.__post_init__()
 
     @property
     def rid(self) -> str:

@@ -3,7 +3,11 @@
 Each ``step`` builds one mixed batch: new and unfinished prompts (chunked, within a token budget) next to every
 running request's next token, then samples and hands results back. Memory comes from the radix cache's
 evictable leaves when the free pool runs short; when decoding still cannot fit, the requests that have done the
-least work are retracted (their KV goes into the cache, they rejoin the queue and resume where they were)."""
+least work are retracted (their KV goes into the cache, they rejoin the queue and resume where they were).
+
+A program request (`runtime.program`) stays one `Req` from step to step: when a step ends, the request restarts
+as its next step on the same row, keeps the KV of the tokens it shares with the next step's prompt and extends the
+rest; a select step parks it while its choices are scored by rows over its committed prefix."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from runtime.args import RuntimeArgs
 from runtime.constraint import RequestConstraint, apply_constraint_masks
 from runtime.forward_batch import ForwardBatch
 from runtime.model_runner import ModelRunner
+from runtime.program_steps import ProgramSteps
 from runtime.radix_cache import RadixCache
 from runtime.req import Req
 from runtime.requests import FinishReason
@@ -46,9 +51,9 @@ class Extend:
         return self.end == self.req.fill_len
 
 
-class Scheduler:
+class Scheduler(ProgramSteps):
     """Owns the waiting and running requests and the radix cache; not thread-safe (the engine drives it from one
-    thread)."""
+    thread). Program requests' step transitions are in `ProgramSteps`."""
 
     def __init__(self, runner: ModelRunner, eos_token_ids: frozenset[int], args: RuntimeArgs, metrics=None):
         if args.schedule_policy not in SCHEDULE_POLICIES:
@@ -60,6 +65,7 @@ class Scheduler:
         self.waiting: list[Req] = []
         self.prefilling: list[Req] = []  # admitted, prompt not fully in the KV cache yet
         self.running: list[Req] = []  # decoding
+        self.parked: list[Req] = []  # program requests whose select choices are being scored (KV kept)
         self.new_token_ratio = args.new_token_ratio
         self.generator = torch.Generator(runner.device).manual_seed(args.seed)  # randomness of unseeded requests
         self.prompt_tokens_seen = 0
@@ -88,9 +94,12 @@ class Scheduler:
                 matcher = req.constraint_future.result()
             except Exception as err:
                 return self._finish(req, FinishReason("abort", message=f"constraint cannot be compiled: {err}"))
-            jump = self.jump_forward and not req.request.logprobs.return_logprob
-            req.constraint = RequestConstraint(matcher, req.request.sampling, jump)
+            req.constraint = self._request_constraint(req, matcher)
         self.waiting.append(req)
+
+    def _request_constraint(self, req: Req, matcher) -> RequestConstraint | None:
+        jump = self.jump_forward and not req.request.logprobs.return_logprob
+        return None if matcher is None else RequestConstraint(matcher, req.request.sampling, jump)
 
     def _constrained_tokens(self, req: Req, token: int) -> list[int] | None:
         """The sampled token, or it and the text the constraint forces after it (jump-forward), as tokens that fit
@@ -109,17 +118,19 @@ class Scheduler:
     # ---- public (continued) ---------------------------------------------------------------------------------
 
     def abort(self, rid: str) -> bool:
-        for queue in (self.pending, self.waiting, self.prefilling, self.running):
+        for queue in (self.pending, self.waiting, self.prefilling, self.running, self.parked):
             for req in queue:
-                if req.rid == rid:
+                if req.rid == rid and req.counted:
                     queue.remove(req)
                     self._finish(req, FinishReason("abort", message="aborted by the client"))
+                    for row in req.program.scoring_rids() if req.program is not None else ():
+                        self._abort_row(row)
                     return True
         return False
 
     def abort_all(self, message: str) -> None:
         """End every request with an ``abort`` carrying ``message``, releasing what each holds."""
-        for queue in (self.pending, self.waiting, self.prefilling, self.running):
+        for queue in (self.pending, self.waiting, self.prefilling, self.running, self.parked):
             while queue:
                 req = queue.pop()
                 try:
@@ -130,14 +141,14 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.running)
+        return bool(self.waiting or self.prefilling or self.running or self.parked)
 
     def flush_cache(self) -> bool:
         return not self.has_work and self.cache.reset()
 
     def check_integrity(self) -> None:
         """free + cached + in use == total, and every request row accounted for (raises AssertionError)."""
-        admitted = self.prefilling + self.running
+        admitted = self.prefilling + self.running + self.parked
         self.cache.check_integrity(sum(r.owned_slots for r in admitted))
         pool = self.runner.req_to_token
         assert pool.num_free_rows + len(admitted) == pool.table.shape[0], "request rows leaked"
@@ -151,6 +162,7 @@ class Scheduler:
 
     def step(self) -> None:
         """Run one forward pass over everything that can make progress."""
+        self._resume_parked()
         decodes = self._decodes()
         extends = self._admit(decode_slots=len(decodes) * self.runner.allocator.page_size)
         if not extends and not decodes:
@@ -320,7 +332,10 @@ class Scheduler:
         if req.request.sampling.max_new_tokens > 0:
             return False
         self.running.remove(req)
-        self._finish(req, FinishReason("length", matched=None))
+        if req.program is not None:
+            self._step_ended(req, FinishReason("length", matched=None))
+        else:
+            self._finish(req, FinishReason("length", matched=None))
         return True
 
     def _sample_and_append(self, reqs: list[Req], logits: torch.Tensor) -> None:
@@ -379,17 +394,27 @@ class Scheduler:
 
     def _finish_running(self, req: Req, reason: FinishReason) -> None:
         self.running.remove(req)
+        if req.program is not None and reason.type != "abort":
+            return self._step_ended(req, reason)
         self._finish(req, reason)
 
     def _finish(self, req: Req, reason: FinishReason) -> None:
         self._release_kv(req)
+        self._end_output(req, reason)
+        done_program = req.program is not None and req.program.step is None  # its steps' tokens are counted
+        self._record(req, reason, count_request=req.counted, tokens=not done_program)
+        req.emit()
+
+    def _end_output(self, req: Req, reason: FinishReason) -> None:
         if reason.type != "stop" or isinstance(reason.matched, int):
             req.text += req.detokenizer.flush()
         req.finish = reason
+
+    def _record(self, req: Req, reason: FinishReason, count_request: bool, tokens: bool = True) -> None:
         if self.metrics is not None:
-            self.metrics.request_finished(len(req.input_ids), len(req.output_ids), req.cached_tokens, reason.type,
-                                          time.perf_counter() - req.arrival)
-        req.emit()
+            counts = (len(req.input_ids), len(req.output_ids), req.cached_tokens) if tokens else (0, 0, 0)
+            self.metrics.request_finished(*counts, reason.type, time.perf_counter() - req.arrival,
+                                          count_request=count_request)
 
     # ---- logprobs -----------------------------------------------------------------------------------------
 

@@ -66,21 +66,30 @@ async def generate_all(
     requests are cancelled (which aborts them); a disconnect raises ``ClientGone``."""
     tasks = [asyncio.ensure_future(engine.async_generate(r)) for r in requests]
     gathered = asyncio.gather(*tasks)
-    watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
     try:
-        if watcher is not None:
-            await asyncio.wait([gathered, watcher], return_when=asyncio.FIRST_COMPLETED)
-            if not gathered.done():
-                raise ClientGone("the client disconnected before the response was ready")
-        return list(await gathered)
+        return list(await (gathered if disconnected is None else until_disconnect(gathered, disconnected)))
     finally:
-        if watcher is not None:
-            watcher.cancel()
         _cancel(tasks)
         if not gathered.done():
             gathered.cancel()
         # A failed gather leaves its other tasks' results unretrieved; don't log them as lost.
         gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+async def until_disconnect(work: Awaitable[Any], disconnected: Awaitable[Any]) -> Any:
+    """The result of ``work``; if ``disconnected`` completes first, ``work`` is cancelled (which aborts its
+    engine requests) and ``ClientGone`` raised."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected)
+    try:
+        await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise ClientGone("the client disconnected before the response was ready")
+        return task.result()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
 
 
 class ClientGone(Exception):

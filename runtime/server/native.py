@@ -1,5 +1,12 @@
 """SGLang's native HTTP API, as its frontend's ``RuntimeEndpoint`` uses it: ``/generate`` (single or batch, plain
-or streamed), model and server info, tokenization, cache flush, health checks, abort, and ``/metrics``."""
+or streamed), model and server info, tokenization, cache flush, health checks, abort, and ``/metrics``.
+
+Our extension: ``POST /generate_program`` runs a program request (`runtime.program`: text, gen and select steps
+as one request, so a remote interpreter saves a round trip per node); ``/get_server_info`` says
+``"program_endpoint": true``. Body: ``{"text", "steps": [...], "rid"}``; answer: ``{"outputs": [{"node", "name",
+"value", "meta_info"}], "text", "finish_reason"}`` where ``finish_reason`` is None when every step ran, else the
+abort (``{"type": "abort", "message"}``) and ``outputs`` holds the steps that completed. A bad step is a 400
+naming it (``steps[2] (gen('answer')): ...``)."""
 
 from __future__ import annotations
 
@@ -14,13 +21,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from runtime.config import SUPPORTED_ARCHITECTURES
+from runtime.program import ProgramOutput
 from runtime.requests import GenerateOutput, GenerateRequest
 from runtime.server.dispatch import (
     expand_n, finish_reason_dict, generate_all, logprob_list, new_rid, stream_all, streamable_text,
-    top_logprob_lists, wait_for_disconnect,
+    top_logprob_lists, until_disconnect, wait_for_disconnect,
 )
 from runtime.server.errors import APIError, as_api_error
-from runtime.server.schemas import AbortBody, GenerateBody, TokenizeBody, parse_body
+from runtime.server.schemas import AbortBody, GenerateBody, ProgramBody, TokenizeBody, parse_body
 from runtime.server.sse import DONE, EventStream, event
 from runtime.server.state import ServerState, server_state
 
@@ -144,6 +152,33 @@ async def _stream_frames(state: ServerState, requests: list[GenerateRequest], ba
     yield DONE
 
 
+# --------------------------------------------------------------------------------------------- /generate_program
+
+@router.post("/generate_program")
+async def generate_program(request: Request) -> JSONResponse:
+    state = server_state(request)
+    received = time.perf_counter()
+    body = parse_body(await request.body(), ProgramBody)
+    if body.image_data not in (None, [], ""):
+        raise APIError("image_data is not supported: the served model is text-only", param="image_data")
+    program = state.engine.make_program(body.text, body.steps, rid=body.rid or new_rid())
+    state.active.add(program.rid, [program.rid])
+    try:
+        output = await until_disconnect(state.engine.async_generate_program(program),
+                                        wait_for_disconnect(request.receive))
+    finally:
+        state.active.remove(program.rid)
+    return JSONResponse(_program_result(output, received))
+
+
+def _program_result(output: ProgramOutput, received: float) -> dict:
+    steps = [{"node": r.node, "name": r.name, "value": r.value,
+              "meta_info": _result(r.output, r.request, received)["meta_info"] if r.output else r.meta_info}
+             for r in output.steps]
+    finish = output.finish.to_dict() if output.finish is not None else None
+    return {"outputs": steps, "text": output.text, "finish_reason": finish}
+
+
 # --------------------------------------------------------------------------------------------- info, control
 
 @router.get("/model_info")
@@ -189,7 +224,8 @@ async def tokenize(request: Request) -> dict:
 async def server_info(request: Request) -> JSONResponse:
     state = server_state(request)
     info = await run_in_threadpool(state.engine.server_info)
-    info = {**info, "served_model_name": state.served_model_name, "startup_time": state.started}
+    info = {**info, "served_model_name": state.served_model_name, "startup_time": state.started,
+            "program_endpoint": True}
     info.setdefault("version", _version())
     return JSONResponse(json.loads(json.dumps(info, default=str)))
 

@@ -106,6 +106,15 @@ def _scalar_or_list(name: str, value: Any, check, kind: str) -> Any:
 
 # --------------------------------------------------------------------------------------------- native API
 
+class ProgramBody(_Body):
+    """``POST /generate_program``: a prompt and its steps (checked step by step by ``Engine.make_program``)."""
+
+    text: str
+    steps: list[Any]
+    rid: str | None = None
+    image_data: Any = None
+
+
 class GenerateBody(_Body):
     """``POST /generate``: SGLang's ``GenerateReqInput``, the fields this runtime serves."""
 

@@ -1,4 +1,5 @@
-"""How ``select`` turns per-token log-probabilities of each choice into a decision.
+"""How ``select`` turns per-token log-probabilities of each choice into a decision, and which tokens are a
+choice's (`choice_windows`).
 
 This lives with the compiler (torch-free, importable by the runtime) because both sides decide: a backend
 scoring one ``select`` per call (`backends.scoring`) and the engine scoring ``select`` steps inside a program
@@ -163,6 +164,25 @@ def decide(method: ChoicesSamplingMethod, choices: Sequence[str], temperature: f
         decision.decision = (rng or random).choices(list(choices), weights=weights)[0]
         decision.meta_info["sampling_temperature"] = temperature
     return decision
+
+
+def common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def choice_windows(prefix: Sequence[int], prompts: Sequence[Sequence[int]]) -> tuple[list[int], int]:
+    """Where each ``prefix + choice`` prompt's own tokens start (after the longest common token prefix with
+    ``prefix``: tokenizing ``prefix + choice`` may merge the prefix's last token with the choice's first), and
+    the ``logprob_start_len`` that covers them all (one token earlier: the window's first entry has no
+    logprob)."""
+    starts = [max(1, common_length(prefix, ids)) for ids in prompts]
+    return starts, min(starts) - 1
 
 
 def _lp(entry: LogprobEntry) -> float:

@@ -18,7 +18,8 @@ class GlobalConfig:
     when changed from their defaults; ``enable_precache_with_tracing`` lets ``run_batch`` compute the batch's
     shared prefix once before running the rest of the batch; with ``enable_batch_planning`` as well, it does so by
     a batch plan (`sglang_dsl.compiler.batch_plan`: every shared prefix once, depth-first) when the program
-    traces."""
+    traces; ``enable_segment_fusion`` runs queued text/gen/select nodes as one request on backends that run
+    segments (`sglang_dsl.lang.fusion`)."""
 
     def __init__(self) -> None:
         self.verbosity = 0
@@ -27,6 +28,7 @@ class GlobalConfig:
         self.spaces_between_special_tokens_in_out = True
         self.enable_precache_with_tracing = True
         self.enable_batch_planning = True
+        self.enable_segment_fusion = True
 
     def extra_sampling(self) -> dict[str, Any]:
         """The native sampling keys these settings add to every generation (none at their defaults)."""

@@ -7,6 +7,9 @@ and finished when the queue is empty. Readers block on a condition until what th
 - ``s["x"]`` waits for every submitted write of ``x`` (`Executor.get`), not for anything else;
 - `Executor.sync` waits for everything submitted so far.
 
+Leaves run one at a time, except that queued text / gen / select leaves may run together as one backend request
+when the backend runs segments (`sglang_dsl.lang.fusion`); either way their results are stored the same.
+
 The first failure is kept: queued work is dropped, waiters wake up and raise it (a `ProgramError` naming the
 program and node), and so does any later ``submit``. Nothing waits on work that will not run.
 """
@@ -22,7 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from sglang_dsl.lang import loop
+from sglang_dsl.lang import fusion, loop
+from sglang_dsl.lang.config import global_config
 from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
 from sglang_dsl.lang.exprs import (
     Expr, Gen, Image, RoleBegin, RoleEnd, Select, Text, VarScopeBegin, VarScopeEnd, written_variables,
@@ -81,6 +85,7 @@ class Executor:
         self._turn_images: list[Image] = []
         self._scopes: dict[str, int] = {}
         self._queue: deque[Expr] = deque()
+        self._offset = 0  # leaves of the head expression that already ran
         self._writes: Counter[str] = Counter()
         self._submitted = 0
         self._done = 0
@@ -209,17 +214,19 @@ class Executor:
     async def _drain(self) -> None:
         while True:
             with self.changed:
+                self._pop_finished()
                 if not self._queue or self.error is not None:
                     self._task = None
                     self.changed.notify_all()
                     return
-                expr = self._queue[0]
+                pending = self._pending_leaves()
+            count = self._segment_length(pending)
             try:
-                for leaf in expr.flat():
-                    self._leaf = leaf
-                    started = time.perf_counter()
-                    meta = await self._run(leaf)
-                    self.runs.append(NodeRun(leaf, started, time.perf_counter() - started, meta))
+                if count:
+                    await self._run_segment(pending[:count])
+                else:
+                    count = 1
+                    await self._run_leaf(pending[0])
             except asyncio.CancelledError:
                 with self.changed:
                     self._task = None
@@ -229,10 +236,61 @@ class Executor:
                 self._fail(self._located(err, self._leaf.label if self._leaf else None))
                 return
             with self.changed:
-                if self._queue and self._queue[0] is expr:
-                    self._queue.popleft()
-                self._done += 1
+                self._offset += count
+                self._pop_finished()
                 self.changed.notify_all()
+
+    def _pop_finished(self) -> None:
+        """Drop the expressions whose leaves all ran (counting them done). Call under ``changed``."""
+        while self._queue and self._offset >= _leaf_count(self._queue[0]):
+            self._offset -= _leaf_count(self._queue.popleft())
+            self._done += 1
+        if not self._queue:
+            self._offset = 0
+
+    def _pending_leaves(self) -> list[Expr]:
+        """The queued leaves from the current one on: only it, unless segments may fuse (then up to the first
+        leaf that cannot be fused). Call under ``changed``."""
+        fuse = self._fuses()
+        leaves: list[Expr] = []
+        for index, expr in enumerate(self._queue):
+            for leaf in list(expr.flat())[self._offset if index == 0 else 0:]:
+                leaves.append(leaf)
+                if not fuse or not fusion.fusable(leaf, self.backend, self.defaults):
+                    return leaves
+        return leaves
+
+    def _fuses(self) -> bool:
+        return global_config.enable_segment_fusion and self.backend.capabilities.segments and not self.stream
+
+    def _segment_length(self, pending: list[Expr]) -> int:
+        return fusion.segment_length(pending, self.backend, self.defaults) if self._fuses() else 0
+
+    async def _run_leaf(self, leaf: Expr) -> None:
+        self._leaf = leaf
+        started = time.perf_counter()
+        meta = await self._run(leaf)
+        self.runs.append(NodeRun(leaf, started, time.perf_counter() - started, meta))
+
+    async def _run_segment(self, leaves: list[Expr]) -> None:
+        """Run ``leaves`` as one `Backend.run_segment` request; store each result as its node would. Every leaf's
+        `NodeRun` spans the whole request."""
+        self._leaf = next(leaf for leaf in leaves if not isinstance(leaf, Text))
+        await self._warm_up()
+        started = time.perf_counter()
+        call = fusion.segment_call(self.branch, self._prompt(), leaves, self.defaults, self.extra_sampling)
+        outputs = iter((await self.backend.run_segment(call)).outputs)
+        seconds = time.perf_counter() - started
+        for leaf in leaves:
+            meta = None
+            if isinstance(leaf, Text):
+                self._append(leaf.value)
+            else:
+                out = next(outputs)
+                self._append(out.value)
+                self._store(leaf.name, out.value, out.meta_info)
+                meta = out.meta_info
+            self.runs.append(NodeRun(leaf, started, seconds, meta))
 
     def _located(self, err: Exception, node: str | None) -> ProgramError:
         label = f"{self.branch}{node}" if node else self.branch.strip() or None
@@ -410,6 +468,10 @@ class Executor:
 
     def _history(self) -> list[dict[str, Any]]:
         return [{"role": m["role"], "content": _text_content(m["content"])} for m in self.messages]
+
+
+def _leaf_count(expr: Expr) -> int:
+    return sum(1 for _ in expr.flat())
 
 
 def _text_content(content: Any) -> str:

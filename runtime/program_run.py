@@ -1,0 +1,188 @@
+"""The progress of one program request (`runtime.program`), kept on the scheduler thread.
+
+`ProgramRun` knows the program's text so far and which step is current; it turns the current step into the
+`GenerateRequest` the scheduler's `Req` continues as (`step_request`), records what each step produced, builds
+the scoring rows of a select step and decides it. The scheduler owns the KV: at every step boundary it keeps the
+request's KV up to the longest common token prefix with `target_ids` and extends the rest
+(`runtime.scheduler.Scheduler._next_step`). Nothing here runs per token.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Mapping, Sequence
+
+from runtime.program import (
+    ProgramGen, ProgramOutput, ProgramRequest, ProgramSelect, ProgramText, StepResult, encode_program_text,
+    step_label,
+)
+from runtime.requests import FinishReason, GenerateOutput, GenerateRequest, LogprobRequest, SamplingParams
+from sglang_dsl.compiler.choice_methods import choice_windows, decide
+
+ZERO_TOKENS = SamplingParams(max_new_tokens=0)
+SCORING_LOGPROBS = dict(return_logprob=True, return_text_in_logprobs=True)
+
+
+class ProgramRun:
+    """One program request's state; ``deliver`` gets the `ProgramOutput` once, when it ends (or is aborted).
+    ``matchers``: the compile futures of the constrained gen steps, by step index."""
+
+    def __init__(self, program: ProgramRequest, tokenizer: Any, deliver: Callable[[ProgramOutput], None],
+                 matchers: Mapping[int, Future] | None = None):
+        self.program, self.tokenizer, self.deliver = program, tokenizer, deliver
+        self.matchers = dict(matchers or {})
+        self.text = program.prompt
+        self.results: list[StepResult] = []
+        self.step: ProgramGen | ProgramSelect | None = None
+        self.step_index = -1
+        self.closed = False
+        self._next = 0
+        self._scoring: list[GenerateOutput | None] = []
+        self._scoring_requests: list[GenerateRequest] = []
+        self._starts: list[int] = []
+        self._window = self._head = 0
+        self._prefix_tokens = 0
+        self._prefix_cached = 0
+
+    # ---- steps ------------------------------------------------------------------------------------------
+
+    def advance(self) -> ProgramGen | ProgramSelect | None:
+        """Append the text steps ahead; the next gen/select becomes current (None: every step ran)."""
+        steps = self.program.steps
+        while self._next < len(steps) and isinstance(steps[self._next], ProgramText):
+            self.text += steps[self._next].text
+            self._next += 1
+        if self._next == len(steps):
+            self.step = None
+            return None
+        self.step, self.step_index = steps[self._next], self._next
+        self._next += 1
+        return self.step
+
+    def target_ids(self) -> list[int]:
+        """The tokens a per-node request would send for the current step: the whole text, tokenized."""
+        return encode_program_text(self.tokenizer, self.text)
+
+    def step_request(self, ids: Sequence[int]) -> GenerateRequest:
+        """The request the current step continues as: a gen's sampling, or (a select) its prefix, no tokens."""
+        if isinstance(self.step, ProgramGen):
+            return GenerateRequest(self.program.rid, tuple(ids), self.step.sampling, self.step.logprobs)
+        return GenerateRequest(self.program.rid, tuple(ids), ZERO_TOKENS)
+
+    def matcher(self) -> Any:
+        """The compiled constraint of the current gen step, or None."""
+        future = self.matchers.get(self.step_index)
+        return None if future is None else future.result()
+
+    def gen_done(self, request: GenerateRequest, output: GenerateOutput) -> None:
+        assert isinstance(self.step, ProgramGen)
+        self.results.append(StepResult(self.step.node, self.step.name, output.text, request, output))
+        self.text += output.text
+
+    # ---- select ------------------------------------------------------------------------------------------
+
+    def scoring_requests(self, prefix: Sequence[int], cached_tokens: int) -> list[GenerateRequest]:
+        """The rows that score the current select's choices after ``prefix`` (the request's committed tokens),
+        all with zero new tokens: ``prefix + choice`` from the first token that differs from the prefix and, for
+        methods that need it, each choice's own tokens after BOS alone."""
+        step = self.step
+        assert isinstance(step, ProgramSelect)
+        prompts = [encode_program_text(self.tokenizer, self.text + choice) for choice in step.choices]
+        starts, window = choice_windows(prefix, prompts)
+        rid = f"{self.program.rid}/{self.step_index}"
+        rows = [GenerateRequest(f"{rid}/choice{i}", tuple(ids), ZERO_TOKENS,
+                                LogprobRequest(logprob_start_len=window, **SCORING_LOGPROBS))
+                for i, ids in enumerate(prompts)]
+        bos = self.tokenizer.bos_token_id
+        head = (bos,) if bos is not None else ()
+        if step.method.requires_unconditional_logprobs:
+            rows += [GenerateRequest(f"{rid}/unconditional{i}", (*head, *ids[start:]), ZERO_TOKENS,
+                                     LogprobRequest(logprob_start_len=0, **SCORING_LOGPROBS))
+                     for i, (ids, start) in enumerate(zip(prompts, starts)) if ids[start:]]
+        self._starts, self._window, self._head = starts, window, len(head)
+        self._scoring, self._scoring_requests = [None] * len(rows), rows
+        self._prefix_tokens, self._prefix_cached = len(prefix), cached_tokens
+        return rows
+
+    def scoring_listener(self, index: int) -> Callable[[GenerateOutput], None]:
+        def take(output: GenerateOutput) -> None:
+            if output.finished and self._scoring_requests:
+                self._scoring[index] = output
+        return take
+
+    def scoring_rids(self) -> list[str]:
+        """The rids of the current select's scoring rows (none outside a select)."""
+        return [row.rid for row in self._scoring_requests]
+
+    @property
+    def scoring_complete(self) -> bool:
+        return all(o is not None for o in self._scoring)
+
+    def scoring_failure(self) -> str | None:
+        """The message of a scoring row that was aborted, if any."""
+        for output in self._scoring:
+            if output is not None and output.finish is not None and output.finish.type == "abort":
+                return output.finish.message
+        return None
+
+    def decide_select(self) -> str:
+        """Decide the current select from its scored rows; record and append the choice."""
+        step = self.step
+        assert isinstance(step, ProgramSelect) and self.scoring_complete
+        count = len(step.choices)
+        outputs = self._scoring
+        conditional = [list(o.input_token_logprobs)[start - self._window:]
+                       for o, start in zip(outputs[:count], self._starts)]
+        unconditional = None
+        if step.method.requires_unconditional_logprobs:
+            extra = iter(outputs[count:])
+            unconditional = [list(next(extra).input_token_logprobs)[self._head:] if row[start:] else []
+                             for row, start in zip((r.input_ids for r in self._scoring_requests), self._starts)]
+        decision = decide(step.method, step.choices, step.temperature, conditional, unconditional)
+        decision.meta_info.update(prompt_tokens=self._prefix_tokens, cached_tokens=self._prefix_cached,
+                                  choices_cached_tokens=[o.cached_tokens for o in outputs[:count]])
+        self.results.append(StepResult(step.node, step.name, decision.decision, meta_info=decision.meta_info))
+        self.text += decision.decision
+        self._scoring, self._scoring_requests = [], []
+        return decision.decision
+
+    # ---- the end -----------------------------------------------------------------------------------------
+
+    def finished(self, output: GenerateOutput) -> None:
+        """The listener of the program's `Req`: called once, when the program ends or is aborted."""
+        if self.closed:
+            return
+        self.closed = True
+        finish = output.finish
+        if finish is not None and finish.type == "abort":
+            where = f"{step_label(self.step_index, self.step.node)}: " if self.step is not None else ""
+            finish = FinishReason("abort", message=f"{where}{finish.message}")
+        else:
+            finish = None
+        appended = self.text[len(self.program.prompt):]
+        self.deliver(ProgramOutput(self.program.rid, tuple(self.results), appended, finish))
+
+
+def when_all(futures: Mapping[int, Future], nodes: Mapping[int, str], first: int | None) -> Future | None:
+    """A future done when every compile in ``futures`` is; its result is the matcher of step ``first`` (None
+    when that step has none). A failed compile fails it with a message naming the step. None without futures."""
+    if not futures:
+        return None
+    combined: Future = Future()
+    pending, lock = set(futures), threading.Lock()
+
+    def one_done(index: int) -> None:
+        with lock:  # compiles finish on a worker thread, or at once on the caller's
+            pending.discard(index)
+            if pending:
+                return
+        for index, future in futures.items():
+            if future.exception() is not None:
+                combined.set_exception(ValueError(f"{step_label(index, nodes[index])}: {future.exception()}"))
+                return
+        combined.set_result(futures[first].result() if first in futures else None)
+
+    for index, future in futures.items():
+        future.add_done_callback(lambda _, index=index: one_done(index))
+    return combined

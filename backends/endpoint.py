@@ -58,7 +58,7 @@ class RuntimeEndpoint(Backend):
 
     def __init__(self, base_url: str, api_key: str | None = None, verify: bool | str | None = None,
                  chat_template_name: str | None = None, *, timeout: float = 120.0, max_retries: int = 3,
-                 max_concurrency: int = 256, max_http_requests: int = 8):
+                 max_concurrency: int = 512, max_http_requests: int = 4):
         self.base_url = base_url.rstrip("/")
         self.max_concurrency = max_concurrency
         self.max_http_requests = max_http_requests

@@ -45,7 +45,7 @@ class NativeBatcher:
     docstring. At most ``max_prompts`` prompts and ``max_requests`` HTTP requests are out at once; requests made
     meanwhile wait and coalesce, up to ``max_prompts`` prompts per request. Use it from one event loop."""
 
-    def __init__(self, send: Send, url: str, max_prompts: int = 256, max_requests: int = 8):
+    def __init__(self, send: Send, url: str, max_prompts: int = 512, max_requests: int = 4):
         self._send = send
         self._url = url
         self._max_prompts = max_prompts

@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--sglang-path", default=DEFAULT_SGLANG_PATH)
     parser.add_argument("--profile", action="store_true", help="cProfile sglang-dsl's runs")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=110)
     with NativeStub() as url:
         console.print(f"stub at {url}; {args.programs} programs of gen, gen, select each; {args.repeat} runs each")
         runners = {"sglang-dsl RuntimeEndpoint": ours(url, args.programs, args.warmup, args.profile)}

@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--programs", type=int, default=500)
     parser.add_argument("--model", default="smollm2-135m")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=110)
     results: dict[str, Result] = {}
 
     with sgl.Runtime(model=args.model, device="cpu") as local:

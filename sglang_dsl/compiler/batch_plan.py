@@ -18,7 +18,7 @@ and run one after the other) can only add hits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from sglang_dsl.compiler.codec import CHARACTERS, PromptCodec
 from sglang_dsl.compiler.plan_data import PlanJson
@@ -146,25 +146,31 @@ class _Builder:
         return min(cached, prompt_tokens - 1) // self.page_size * self.page_size if prompt_tokens else 0
 
     def build(self) -> None:
-        self.group(0, len(self.sorted), None)
+        """Plan every prompt, depth-first without recursion (a batch can nest groups arbitrarily deep)."""
+        stack = [self.group(0, len(self.sorted), None)]
+        while stack:
+            here, subgroups, singles = stack[-1]
+            subgroup = next(subgroups, None)
+            if subgroup is not None:
+                stack.append(self.group(*subgroup, here))
+                continue
+            stack.pop()
+            for index in singles:
+                if here is not None:
+                    self.home[index] = here
+                self.order.append(("run", index))
 
-    def group(self, lo: int, hi: int, parent: int | None) -> None:
-        """Plan the sorted prompts ``lo:hi`` (at least one), all inside ``parent``."""
+    def group(self, lo: int, hi: int, parent: int | None) -> tuple[int | None, Iterator[tuple[int, int]], list[int]]:
+        """Start planning the sorted prompts ``lo:hi`` (at least one), all inside ``parent``: its shared prefix
+        (prefilled now, if worth it), its subgroups (longest shared prefix first) and its lone prompts."""
         first, last = self.prompts[self.sorted[lo]], self.prompts[self.sorted[hi - 1]]
         shared = _common_length(first, last)
         here = parent
         if hi - lo >= 2 and shared - self.depth_of(parent) >= self.min_shared:
             here = self.shared_prefix(first[:shared], parent, lo, hi)
-        singles: list[int] = []
-        for sub_lo, sub_hi in sorted(self.split(lo, hi, shared), key=lambda r: -self.shared_length(*r)):
-            if sub_hi - sub_lo >= 2:
-                self.group(sub_lo, sub_hi, here)
-            else:
-                singles.append(self.sorted[sub_lo])
-        for index in singles:
-            if here is not None:
-                self.home[index] = here
-            self.order.append(("run", index))
+        ranges = sorted(self.split(lo, hi, shared), key=lambda r: -self.shared_length(*r))
+        singles = [self.sorted[r_lo] for r_lo, r_hi in ranges if r_hi - r_lo == 1]
+        return here, iter([r for r in ranges if r[1] - r[0] >= 2]), singles
 
     def split(self, lo: int, hi: int, depth: int) -> list[tuple[int, int]]:
         """The ranges of ``lo:hi`` that agree on the token at ``depth`` (prompts ending there: one range each)."""

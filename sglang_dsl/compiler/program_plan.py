@@ -11,7 +11,8 @@
 - segments (`segments.mark_segments`): straight-line runs that a segments-capable backend runs as one request.
 
 `ProgramPlan.requests` counts the runtime requests one run makes per node (a prefill per fork with several
-branches, one per gen sample, a prefill and the scoring batches per select); `fused_requests` the same with each segment as one request.
+branches, one per gen sample, a prefill and the scoring batches per select); `fused_requests` the same with
+each segment as one request.
 """
 
 from __future__ import annotations

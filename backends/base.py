@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Protocol, Sequence
 
 from sglang_dsl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sglang_dsl.lang.errors import UnsupportedFeatureError
+from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
 from sglang_dsl.lang.exprs import Image
 from sglang_dsl.lang.params import SamplingParams
 
@@ -184,6 +184,15 @@ class SegmentResult:
     outputs: tuple[StepOutput, ...]
 
 
+class SegmentError(ProgramError):
+    """A segment failed at step ``node``; ``completed`` are the outputs of the gen/select steps that ran before it,
+    which the interpreter stores as the per-node calls would have stored them before the failure."""
+
+    def __init__(self, message: str, *, node: str, completed: tuple[StepOutput, ...] = ()):
+        super().__init__(message, node=node)
+        self.completed = completed
+
+
 class ChatTemplate(Protocol):
     """A model's chat format: render OpenAI-style messages (string contents) as the model expects them."""
 
@@ -217,7 +226,8 @@ class Backend(ABC):
         raise UnsupportedFeatureError("select", self.name, node=call.node)
 
     async def run_segment(self, call: SegmentCall) -> SegmentResult:
-        """Run all of ``call.steps`` as one request (only when ``capabilities.segments``)."""
+        """Run all of ``call.steps`` as one request (only when ``capabilities.segments``); a step that fails raises
+        `SegmentError` with the outputs of the steps before it."""
         raise UnsupportedFeatureError("segments", self.name, node=call.node)
 
     async def cache_prefix(self, prompt: Prompt) -> None:

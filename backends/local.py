@@ -17,8 +17,8 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Mapping, Sequence, TypeVar
 
 from backends.base import (
-    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentResult, SelectCall,
-    SelectStep, StepOutput, TextStep,
+    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentError, SegmentResult,
+    SelectCall, SelectStep, StepOutput, TextStep,
 )
 from backends.scoring import EngineScorer, score_choices
 from sglang_dsl.lang.choices import ChoicesDecision
@@ -94,12 +94,12 @@ class Runtime(Backend):
         self._check_running()
         program = self.engine.make_program(call.prompt.text, [_program_step(step) for step in call.steps])
         output = await self._alive(self.engine.async_generate_program(program))
+        outputs = tuple(StepOutput(r.node, r.name, r.value, native_meta(r.output, r.request) if r.output
+                                   else r.meta_info) for r in output.steps)
         if output.error is not None:
-            raise ProgramError(f"the runtime aborted the request: {output.error}",
-                               node=_failed_node(call, len(output.steps)))
-        return SegmentResult(tuple(
-            StepOutput(r.node, r.name, r.value, native_meta(r.output, r.request) if r.output else r.meta_info)
-            for r in output.steps))
+            raise SegmentError(f"the runtime aborted the request: {output.error}",
+                               node=_failed_node(call, len(outputs)), completed=outputs)
+        return SegmentResult(outputs)
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         self._check_running()

@@ -211,7 +211,8 @@ class Engine:
             if not result.done():
                 self._inbox.put(lambda: self.scheduler.abort(program.rid))
 
-    def generate_program(self, text: str, steps: Sequence[ProgramStep | dict], *, rid: str | None = None) -> ProgramOutput:
+    def generate_program(self, text: str, steps: Sequence[ProgramStep | dict], *,
+                         rid: str | None = None) -> ProgramOutput:
         """Blocking `async_generate_program` of ``make_program(text, steps, rid)``."""
         future: Future = Future()
         self.submit_program(self.make_program(text, steps, rid), future.set_result)

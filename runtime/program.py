@@ -137,8 +137,9 @@ def _build(kind: str, step: Mapping[str, Any]) -> ProgramStep:
         return ProgramText(step.get("text"))
     node, name = step.get("node") or f"{kind}()", step.get("name")
     if kind == "gen":
-        logprobs = LogprobRequest(bool(step.get("return_logprob", False)), int(step.get("logprob_start_len", -1)),
-                                  int(step.get("top_logprobs_num", 0)), bool(step.get("return_text_in_logprobs", False)))
+        logprobs = LogprobRequest(
+            bool(step.get("return_logprob", False)), int(step.get("logprob_start_len", -1)),
+            int(step.get("top_logprobs_num", 0)), bool(step.get("return_text_in_logprobs", False)))
         return ProgramGen(node, name, SamplingParams.from_dict(step.get("sampling_params")), logprobs)
     method = step.get("method", "token_length_normalized")
     if method not in METHODS_BY_NAME:

@@ -119,12 +119,19 @@ def long_then_more(s):
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-def test_errors_name_the_failing_node(tiny, fusion_switch, fuse):
+def test_errors_name_the_failing_node_and_keep_what_ran_before(tiny, fusion_switch, fuse):
     global_config.enable_segment_fusion = fuse
     with pytest.raises(ProgramError) as raised:
         long_then_more.run(backend=tiny, temperature=0)
     assert raised.value.node == "gen('b')"
-    assert "'a'" not in str(raised.value.node)
+    (state,) = long_then_more.run_batch([{}], backend=tiny, temperature=0)
+    assert state.error() is not None
+    global_config.enable_segment_fusion = False
+    (per_node,) = long_then_more.run_batch([{}], backend=tiny, temperature=0)
+    assert state["a"] == per_node["a"]
+    assert state._ex.text == per_node._ex.text  # everything before gen('b') was appended
+    with pytest.raises(ProgramError):
+        state["b"]
 
 
 @sgl.function

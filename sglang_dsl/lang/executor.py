@@ -273,24 +273,29 @@ class Executor:
         self.runs.append(NodeRun(leaf, started, time.perf_counter() - started, meta))
 
     async def _run_segment(self, leaves: list[Expr]) -> None:
-        """Run ``leaves`` as one `Backend.run_segment` request; store each result as its node would. Every leaf's
-        `NodeRun` spans the whole request."""
+        """Run ``leaves`` as one `Backend.run_segment` request; store each result as its node would (on a failure,
+        those of the steps before the failing one, then raise). Every leaf's `NodeRun` spans the whole request."""
+        from backends.base import SegmentError
+
         self._leaf = next(leaf for leaf in leaves if not isinstance(leaf, Text))
         await self._warm_up()
         started = time.perf_counter()
         call = fusion.segment_call(self.branch, self._prompt(), leaves, self.defaults, self.extra_sampling)
-        outputs = iter((await self.backend.run_segment(call)).outputs)
-        seconds = time.perf_counter() - started
+        try:
+            outputs, failure = (await self.backend.run_segment(call)).outputs, None
+        except SegmentError as err:
+            outputs, failure = err.completed, err
+        seconds, pending = time.perf_counter() - started, iter(outputs)
         for leaf in leaves:
-            meta = None
-            if isinstance(leaf, Text):
-                self._append(leaf.value)
-            else:
-                out = next(outputs)
-                self._append(out.value)
+            out = None if isinstance(leaf, Text) else next(pending, None)
+            if out is None and not isinstance(leaf, Text):
+                break  # the step that failed
+            self._append(leaf.value if out is None else out.value)
+            if out is not None:
                 self._store(leaf.name, out.value, out.meta_info)
-                meta = out.meta_info
-            self.runs.append(NodeRun(leaf, started, seconds, meta))
+            self.runs.append(NodeRun(leaf, started, seconds, None if out is None else out.meta_info))
+        if failure is not None:
+            raise failure
 
     def _located(self, err: Exception, node: str | None) -> ProgramError:
         label = f"{self.branch}{node}" if node else self.branch.strip() or None

@@ -164,6 +164,11 @@ class SegmentCall:
     prompt: Prompt
     steps: tuple[SegmentStep, ...]
 
+    def failed_node(self, completed: int) -> str:
+        """The node of the first gen/select step after the ``completed`` ones (where a failure happened)."""
+        calls = [step.node for step in self.steps if not isinstance(step, TextStep)]
+        return calls[min(completed, len(calls) - 1)] if calls else self.node
+
 
 @dataclass(frozen=True)
 class StepOutput:

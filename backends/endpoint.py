@@ -23,8 +23,8 @@ import asyncio
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from backends.base import (
-    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentResult, SelectCall,
-    SelectStep, StepOutput, TextStep,
+    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentError, SegmentResult,
+    SelectCall, SelectStep, StepOutput, TextStep,
 )
 from backends.http import HttpClient, HttpConfig, HttpError
 from backends.native_batch import NativeBatcher
@@ -49,7 +49,8 @@ class RuntimeEndpoint(Backend):
     """A native-API server at ``base_url``. ``api_key`` is sent as ``Authorization: Bearer``; ``verify`` is a
     CA bundle path (or False); ``chat_template_name`` picks a named template for servers that do not send theirs.
     ``timeout``: seconds to wait for any response bytes; ``max_retries``: retries on connection errors and 503;
-    ``max_concurrency``: prompts out at the server at once (``run_batch`` programs beyond it wait their turn);
+    ``max_concurrency``: prompts out at the server at once in coalesced requests, and separately streams and
+    program requests out at once (``run_batch`` programs beyond them wait their turn);
     ``max_http_requests``: coalesced HTTP requests out at once (requests issued meanwhile join the next batch).
 
     The constructor asks the server for its model and server info (and fails with the URL if it cannot)."""
@@ -67,6 +68,7 @@ class RuntimeEndpoint(Backend):
         self.http = HttpClient(self.base_url, api_key, config=config)
         self._closed = False
         self._batchers: dict[tuple[asyncio.AbstractEventLoop, str], NativeBatcher] = {}
+        self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self.model_info: dict[str, Any] = loop.run(self.http.get_json("/get_model_info"))
         self._server_info: dict[str, Any] = loop.run(self.http.get_json("/server_info"))
         self._template = _template(self.model_info, chat_template_name)
@@ -99,9 +101,10 @@ class RuntimeEndpoint(Backend):
         payload = {**self._generate_payload(call), "stream": True}
         finished = False
         try:
-            async for event in self.http.stream_events("/generate", payload):
-                finished = _checked(event)["meta_info"].get("finish_reason") is not None
-                yield Generation(event["text"], event["meta_info"], finished)
+            async with self._slot():
+                async for event in self.http.stream_events("/generate", payload):
+                    finished = _checked(event)["meta_info"].get("finish_reason") is not None
+                    yield Generation(event["text"], event["meta_info"], finished)
         except HttpError as err:
             raise _refined(err) from err.__cause__
         if not finished:
@@ -118,9 +121,15 @@ class RuntimeEndpoint(Backend):
             return await super().run_segment(call)
         payload = {"text": call.prompt.text, "steps": [_segment_step(step) for step in call.steps],
                    **_images(call.prompt)}
-        result = await self._post("/generate_program", payload)
-        return SegmentResult(tuple(StepOutput(o["node"], o.get("name"), o["value"], o.get("meta_info") or {})
-                                   for o in result["outputs"]))
+        async with self._slot():
+            result = await self._post("/generate_program", payload)
+        outputs = tuple(StepOutput(o["node"], o.get("name"), o["value"], o.get("meta_info") or {})
+                        for o in result["outputs"])
+        finish = result.get("finish_reason")
+        if isinstance(finish, dict) and finish.get("type") == "abort":
+            raise SegmentError(f"the server aborted the request: {finish.get('message')}",
+                               node=call.failed_node(len(outputs)), completed=outputs)
+        return SegmentResult(outputs)
 
     def flush_cache(self) -> bool:
         if self._closed:
@@ -191,6 +200,14 @@ class RuntimeEndpoint(Backend):
             return await batcher.request(payload)
         except HttpError as err:
             raise _refined(err) from err.__cause__
+
+    def _slot(self) -> asyncio.Semaphore:
+        """One of ``max_concurrency`` places for a request that is not coalesced (a stream, a program request)."""
+        running = asyncio.get_running_loop()
+        slots = self._slots.get(running)
+        if slots is None:
+            slots = self._slots[running] = asyncio.Semaphore(self.max_concurrency)
+        return slots
 
     def _check_open(self) -> None:
         if self._closed:

@@ -24,8 +24,9 @@ class Stub:
     """A raw HTTP/1.1 server on a loopback port in its own thread; ``handler(stub, path, body)`` answers each
     request by calling `respond`, `stream` or `hang` (or by closing the connection). ``requests`` logs them."""
 
-    def __init__(self, handler: Handler):
+    def __init__(self, handler: Handler, server_info: dict | None = None):
         self.handler = handler
+        self.server_info = server_info or {}
         self.requests: list[tuple[str, Any]] = []
         self.connections: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
@@ -46,7 +47,7 @@ class Stub:
                 body = json.loads(raw) if raw else {}
                 self.requests.append((path, body))
                 if path in ("/get_model_info", "/server_info"):
-                    await self.respond(writer, 200, {"model_path": "stub"} if "model" in path else {})
+                    await self.respond(writer, 200, {"model_path": "stub"} if "model" in path else self.server_info)
                 else:
                     await self.handler(self, path, body, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -326,4 +327,29 @@ def test_http_client_streams_events_and_closes_from_another_thread(baseline):
 
     assert loop.run(collect()) == [{"n": 0}, {"n": 1}, {"n": 2}]
     client.close()
+    stub.stop()
+
+
+def test_a_program_request_aborted_midway_keeps_the_steps_that_ran(baseline):
+    async def half(stub, path, body, writer):
+        assert path == "/generate_program" and [step["type"] for step in body["steps"]] == ["text", "gen", "text", "gen"]
+        first = body["steps"][1]
+        await stub.respond(writer, 200, {
+            "outputs": [{"node": first["node"], "name": first["name"], "value": " one", "meta_info": {}}],
+            "text": body["text"] + " one", "finish_reason": {"type": "abort", "message": "out of memory"}})
+
+    stub = Stub(half, server_info={"program_endpoint": True})
+    endpoint = _endpoint(stub)
+    assert endpoint.capabilities.segments
+
+    @sgl.function
+    def two(s):
+        s += "A:" + sgl.gen("a", max_tokens=2) + " B:" + sgl.gen("b", max_tokens=2)
+
+    (state,) = two.run_batch([{}], backend=endpoint)
+    assert "node gen('b')" in str(state.error()) and "the server aborted the request: out of memory" in str(
+        state.error())
+    assert state["a"] == " one"
+    assert stub.generate_count() == 0  # the whole program went as one request
+    endpoint.shutdown()
     stub.stop()

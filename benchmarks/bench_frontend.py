@@ -3,7 +3,8 @@ of the native API on loopback (`benchmarks.native_stub`), sglang-dsl's ``Runtime
 frontend, same program, stub and machine, in one run. The stub answers at once, so programs/s measures the
 frontends (interpreter, HTTP client, select scoring), not a model.
 
-SGLang's column needs its frontend: ``pip download sglang==0.5.23 --no-deps`` and ``pip install --no-deps
+``--program-endpoint`` adds a row against a stub that also offers our ``/generate_program`` (each program is then
+one request: the fused path's client overhead). SGLang's column needs its frontend: ``pip download sglang==0.5.23 --no-deps`` and ``pip install --no-deps
 --target ~/.cache/sglang-dsl/sglang-0.5.23`` the wheel plus the few modules its frontend imports (pybase64,
 IPython, aiohttp, msgspec); ``--sglang-path`` points elsewhere. Without it, the column is skipped with a message.
 
@@ -122,11 +123,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each frontend")
     parser.add_argument("--sglang-path", default=DEFAULT_SGLANG_PATH)
     parser.add_argument("--profile", action="store_true", help="cProfile sglang-dsl's runs")
+    parser.add_argument("--program-endpoint", action="store_true",
+                        help="also run against a stub that offers our /generate_program (one request a program)")
     args = parser.parse_args()
     console = Console(width=110)
-    with NativeStub() as url:
+    with NativeStub() as url, NativeStub(program_endpoint=True) as program_url:
         console.print(f"stub at {url}; {args.programs} programs of gen, gen, select each; {args.repeat} runs each")
         runners = {"sglang-dsl RuntimeEndpoint": ours(url, args.programs, args.warmup, args.profile)}
+        if args.program_endpoint:
+            runners["sglang-dsl, stub offers /generate_program"] = ours(program_url, args.programs, args.warmup,
+                                                                       args.profile)
         api = load_sglang(args.sglang_path)
         if api is None:
             console.print(f"[yellow]SGLang's frontend is not installed at {args.sglang_path}: its column is "

@@ -64,56 +64,32 @@ def load_sglang(path: str) -> Any | None:
     return api
 
 
-def measure(run: Callable[[], list], programs: int, check: Callable[[Any], None]) -> float:
-    """Seconds for one ``run`` (after checking every state it returned)."""
-    gc.collect()
-    start = time.perf_counter()
-    states = run()
-    elapsed = time.perf_counter() - start
-    assert len(states) == programs
-    for state in states:
-        check(state)
-    return elapsed
-
-
-def ours(url: str, programs: int, warmup: int, profile: bool) -> Callable[[], float]:
-    """A runner of sglang-dsl's batch (warmed up); each call returns its seconds."""
-    import sglang_dsl as sgl
-
-    backend = sgl.RuntimeEndpoint(url)
-    program = make_program(sgl)
+def runner(frontend: Any, url: str, programs: int, warmup: int, profile: bool = False) -> Callable[[], float]:
+    """A warmed-up batch of ``programs`` on ``frontend`` (sglang_dsl or SGLang's ``sglang.lang.api``) against
+    ``url``; each call runs it once, checks every state (reading a failed program's variable raises) and returns
+    its seconds (``profile``: printing a cProfile of the run)."""
+    backend = frontend.RuntimeEndpoint(url)
+    program = make_program(frontend)
     batch = [{"question": f"Is {i} + {i} = {2 * i}?"} for i in range(programs)]
-
-    def check(state: Any) -> None:
-        assert state.error() is None, state.error()
-        assert state["verdict"] in ("correct", "wrong", "unsure") and state["answer"]
-
     program.run_batch(batch[:warmup], backend=backend, temperature=0)
 
     def once() -> float:
+        gc.collect()
         profiler = cProfile.Profile() if profile else None
         if profiler:
             profiler.enable()
-        elapsed = measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
+        start = time.perf_counter()
+        states = program.run_batch(batch, backend=backend, temperature=0)
+        elapsed = time.perf_counter() - start
         if profiler:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
+        assert len(states) == programs
+        for state in states:
+            assert state["verdict"] in ("correct", "wrong", "unsure") and state["answer"]
         return elapsed
 
     return once
-
-
-def sglangs(api: Any, url: str, programs: int, warmup: int) -> Callable[[], float]:
-    """A runner of SGLang's batch (warmed up); each call returns its seconds."""
-    backend = api.RuntimeEndpoint(url)
-    program = make_program(api)
-    batch = [{"question": f"Is {i} + {i} = {2 * i}?"} for i in range(programs)]
-
-    def check(state: Any) -> None:
-        assert state["verdict"] in ("correct", "wrong", "unsure") and state["answer"]
-
-    program.run_batch(batch[:warmup], backend=backend, temperature=0)
-    return lambda: measure(lambda: program.run_batch(batch, backend=backend, temperature=0), programs, check)
 
 
 def main() -> None:
@@ -129,16 +105,18 @@ def main() -> None:
     console = Console(width=110)
     with NativeStub() as url, NativeStub(program_endpoint=True) as program_url:
         console.print(f"stub at {url}; {args.programs} programs of gen, gen, select each; {args.repeat} runs each")
-        runners = {"sglang-dsl RuntimeEndpoint": ours(url, args.programs, args.warmup, args.profile)}
+        import sglang_dsl
+
+        runners = {"sglang-dsl RuntimeEndpoint": runner(sglang_dsl, url, args.programs, args.warmup, args.profile)}
         if args.program_endpoint:
-            runners["sglang-dsl, stub offers /generate_program"] = ours(program_url, args.programs, args.warmup,
-                                                                       args.profile)
+            runners["sglang-dsl, stub offers /generate_program"] = runner(sglang_dsl, program_url, args.programs,
+                                                                         args.warmup, args.profile)
         api = load_sglang(args.sglang_path)
         if api is None:
             console.print(f"[yellow]SGLang's frontend is not installed at {args.sglang_path}: its column is "
                           "skipped (see this script's docstring)")
         else:
-            runners["SGLang 0.5.23 RuntimeEndpoint"] = sglangs(api, url, args.programs, args.warmup)
+            runners["SGLang 0.5.23 RuntimeEndpoint"] = runner(api, url, args.programs, args.warmup)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(args.repeat):
             for name, once in runners.items():

@@ -353,3 +353,24 @@ def test_a_program_request_aborted_midway_keeps_the_steps_that_ran(baseline):
     assert stub.generate_count() == 0  # the whole program went as one request
     endpoint.shutdown()
     stub.stop()
+
+
+def test_a_named_chat_template_renders_roles_for_servers_that_send_none(baseline):
+    async def echo(stub, path, body, writer):
+        await stub.respond(writer, 200, answer(" Paris"))
+
+    stub = Stub(echo)
+    with pytest.raises(ValueError, match="unknown chat template 'nope'; known: chatml, default"):
+        _endpoint(stub, chat_template_name="nope")
+    endpoint = _endpoint(stub, chat_template_name="chatml")
+
+    @sgl.function
+    def chat(s):
+        s += sgl.user("Capital of France?")
+        s += sgl.assistant(sgl.gen("city", max_tokens=4))
+
+    assert chat.run(backend=endpoint)["city"] == " Paris"
+    sent = [body["text"] for path, body in stub.requests if path == "/generate"][-1]
+    assert sent == "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n"
+    endpoint.shutdown()
+    stub.stop()

@@ -26,6 +26,7 @@ from backends.base import (
     Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentError, SegmentResult,
     SelectCall, SelectStep, StepOutput, TextStep,
 )
+from backends.chat_templates import JinjaTemplate, named_template
 from backends.http import HttpClient, HttpConfig, HttpError
 from backends.native_batch import NativeBatcher
 from backends.scoring import ZERO_TOKENS, ScoredPrompt, score_choices
@@ -69,9 +70,14 @@ class RuntimeEndpoint(Backend):
         self._closed = False
         self._batchers: dict[tuple[asyncio.AbstractEventLoop, str], NativeBatcher] = {}
         self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
-        self.model_info: dict[str, Any] = loop.run(self.http.get_json("/get_model_info"))
-        self._server_info: dict[str, Any] = loop.run(self.http.get_json("/server_info"))
-        self._template = _template(self.model_info, chat_template_name)
+        named = named_template(chat_template_name) if chat_template_name is not None else None
+        try:
+            self.model_info: dict[str, Any] = loop.run(self.http.get_json("/get_model_info"))
+            self._server_info: dict[str, Any] = loop.run(self.http.get_json("/server_info"))
+        except BaseException:
+            self.http.close()
+            raise
+        self._template = named or _server_template(self.model_info)
         self.capabilities = Capabilities(
             select=True, streaming=True, prefix_cache=True,
             images=bool(self.model_info.get("has_image_understanding")),
@@ -268,12 +274,8 @@ def _segment_step(step: Any) -> dict[str, Any]:
     raise TypeError(f"unknown segment step {type(step).__name__}")
 
 
-def _template(model_info: Mapping[str, Any], name: str | None):
-    """The chat template: a named one when asked for, else the server's own, else None."""
-    from backends.chat_templates import JinjaTemplate, named_template
-
-    if name is not None:
-        return named_template(name)
-    if model_info.get("chat_template"):
-        return JinjaTemplate(model_info["chat_template"], model_info.get("chat_template_variables") or {})
-    return None
+def _server_template(model_info: Mapping[str, Any]) -> JinjaTemplate | None:
+    """The model's own template, when the server sends it (ours does), else None."""
+    if not model_info.get("chat_template"):
+        return None
+    return JinjaTemplate(model_info["chat_template"], model_info.get("chat_template_variables") or {})

@@ -6,6 +6,7 @@ Also: requests from many programs are coalesced into native batch requests and s
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import threading
@@ -24,9 +25,10 @@ class Stub:
     """A raw HTTP/1.1 server on a loopback port in its own thread; ``handler(stub, path, body)`` answers each
     request by calling `respond`, `stream` or `hang` (or by closing the connection). ``requests`` logs them."""
 
-    def __init__(self, handler: Handler, server_info: dict | None = None):
+    def __init__(self, handler: Handler, server_info: dict | None = None, model_info: dict | None = None):
         self.handler = handler
         self.server_info = server_info or {}
+        self.model_info = model_info or {"model_path": "stub"}
         self.requests: list[tuple[str, Any]] = []
         self.connections: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
@@ -47,7 +49,7 @@ class Stub:
                 body = json.loads(raw) if raw else {}
                 self.requests.append((path, body))
                 if path in ("/get_model_info", "/server_info"):
-                    await self.respond(writer, 200, {"model_path": "stub"} if "model" in path else self.server_info)
+                    await self.respond(writer, 200, self.model_info if "model" in path else self.server_info)
                 else:
                     await self.handler(self, path, body, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -372,5 +374,27 @@ def test_a_named_chat_template_renders_roles_for_servers_that_send_none(baseline
     assert chat.run(backend=endpoint)["city"] == " Paris"
     sent = [body["text"] for path, body in stub.requests if path == "/generate"][-1]
     assert sent == "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n"
+    endpoint.shutdown()
+    stub.stop()
+
+
+def test_images_go_as_image_data_to_a_multimodal_server(baseline):
+    async def seen(stub, path, body, writer):
+        await stub.respond(writer, 200, answer(" a cat"))
+
+    stub = Stub(seen, model_info={"model_path": "stub-vl", "has_image_understanding": True})
+    endpoint = _endpoint(stub, chat_template_name="llama-3-instruct")
+    assert endpoint.capabilities.images
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(16))
+
+    @sgl.function
+    def describe(s):
+        s += sgl.user(sgl.image(png) + "What is this?")
+        s += sgl.assistant(sgl.gen("answer", max_tokens=4))
+
+    assert describe.run(backend=endpoint)["answer"] == " a cat"
+    body = [body for path, body in stub.requests if path == "/generate"][-1]
+    assert "<|image|>What is this?" in body["text"]
+    assert body["image_data"] == [base64.b64encode(png).decode()]
     endpoint.shutdown()
     stub.stop()

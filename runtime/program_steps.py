@@ -3,8 +3,10 @@
 memory).
 
 When a step ends, the same `Req` restarts as the next step on its row: it keeps the KV of the longest common token
-prefix with the next step's prompt (`_truncate_kv` cuts the rest) and extends what is new; a select parks it while
-its scoring rows run over its prefix; the last step finishes it. Nothing here runs per token."""
+prefix with the next step's prompt (`_truncate_kv` cuts the rest) and extends what is new. A select parks it: its
+KV goes to the radix cache and its row back to the pool while its scoring rows run over the cached prefix; after
+the decision it is admitted again and finds its prefix and the chosen choice (computed by that choice's scoring
+row) in the cache. The last step finishes it. Nothing here runs per token."""
 
 from __future__ import annotations
 
@@ -39,10 +41,14 @@ class ProgramSteps:
         if len(ids) >= self.runner.context_length:
             message = f"the program has {len(ids)} tokens; the context holds {self.runner.context_length}"
             return self._finish(req, FinishReason("abort", message=message))
-        keep = common_length(req.fill_ids[: req.kv_len], ids)
-        self._truncate_kv(req, min(keep, len(ids) - 1) if isinstance(step, ProgramGen) else keep)
+        if req.row is not None:
+            reusable = len(ids) - 1 if isinstance(step, ProgramGen) else len(ids)  # a gen computes its last token
+            self._truncate_kv(req, min(common_length(req.fill_ids[: req.kv_len], ids), reusable))
         req.restart(run.step_request(ids), cached_tokens=req.kv_len)
         req.constraint = self._request_constraint(req, run.matcher()) if isinstance(step, ProgramGen) else None
+        if req.row is None:  # after a select: admitted again, its prefix and the chosen choice found in the cache
+            self.waiting.insert(0, req)
+            return
         self.prompt_tokens_seen += len(ids)
         self.cached_tokens_seen += req.kv_len
         if req.kv_len == req.fill_len:  # a select whose prefix is all in the KV already
@@ -55,9 +61,11 @@ class ProgramSteps:
         self.prefilling.insert(0, req)
 
     def _start_scoring(self, req: Req) -> None:
-        """Park ``req`` and queue its select's scoring rows over its prefix (put in the radix cache first)."""
+        """Park ``req`` and queue its select's scoring rows, which read its prefix from the radix cache: the
+        request hands its KV to the cache and its row back while they run (parked requests hold no row, so
+        scoring rows always find one)."""
         self._record(req, FinishReason("length"), count_request=False)
-        self._cache_progress(req)
+        self._release_kv(req)
         run = req.program
         for i, row in enumerate(run.scoring_requests(req.fill_ids, req.cached_tokens)):
             self._enqueue(Req(row, req.tokenizer, run.scoring_listener(i), counted=False))

@@ -65,7 +65,7 @@ class Scheduler(ProgramSteps):
         self.waiting: list[Req] = []
         self.prefilling: list[Req] = []  # admitted, prompt not fully in the KV cache yet
         self.running: list[Req] = []  # decoding
-        self.parked: list[Req] = []  # program requests whose select choices are being scored (KV kept)
+        self.parked: list[Req] = []  # program requests whose select choices are being scored (no row, no KV)
         self.new_token_ratio = args.new_token_ratio
         self.generator = torch.Generator(runner.device).manual_seed(args.seed)  # randomness of unseeded requests
         self.prompt_tokens_seen = 0
@@ -148,7 +148,7 @@ class Scheduler(ProgramSteps):
 
     def check_integrity(self) -> None:
         """free + cached + in use == total, and every request row accounted for (raises AssertionError)."""
-        admitted = self.prefilling + self.running + self.parked
+        admitted = self.prefilling + self.running
         self.cache.check_integrity(sum(r.owned_slots for r in admitted))
         pool = self.runner.req_to_token
         assert pool.num_free_rows + len(admitted) == pool.table.shape[0], "request rows leaked"

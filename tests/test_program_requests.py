@@ -242,3 +242,21 @@ def test_program_outputs_do_not_depend_on_memory_layout(runtime, tiny_gguf, vari
     with tiny_runtime(tiny_gguf, **variant) as other:
         assert [s.value for s in other.engine.generate_program(PROMPT, STEPS).steps] == expected
         other.engine.check_integrity()
+
+
+def test_many_programs_at_selects_never_starve_their_scoring_rows(runtime, tiny_gguf):
+    # more programs than request rows, each select needing a row per choice: parked programs hold no row
+    steps = [{"type": "gen", "node": "g", "sampling_params": {**GREEDY, "max_new_tokens": 3}},
+             {"type": "select", "node": "s", "choices": ["one", "two", "three", "four"],
+              "method": "unconditional_likelihood_normalized"}]
+    prompts = [f"Case {i}:" for i in range(8)]
+    expected = [[s.value for s in runtime.engine.generate_program(p, steps).steps] for p in prompts]
+    with tiny_runtime(tiny_gguf, max_running_requests=4) as small:
+        async def run_all():
+            return await asyncio.gather(*(small.engine.async_generate_program(small.engine.make_program(p, steps))
+                                          for p in prompts))
+
+        outputs = asyncio.run(run_all())
+        small.engine.check_integrity()
+    assert [o.finish for o in outputs] == [None] * len(prompts)
+    assert [[s.value for s in o.steps] for o in outputs] == expected

@@ -26,7 +26,7 @@ from sglang_dsl.compiler.prefix import bound_prefix
 from sglang_dsl.ir.graph import Graph
 from sglang_dsl.ir.nodes import Fork, Gen, Select
 
-DEFAULT_MIN_SHARED_TOKENS = 4  # a shared prefix must add this many tokens to its group's to be worth a request
+DEFAULT_MIN_SHARED_TOKENS = 2  # a shared prefix must add this many tokens to its group's to be worth a request
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Plans (see docs/compiler.md; frozen data with text and JSON forms, `plan_data` /
 - ``prefix``: the constant (argument-independent) prefix of a graph, and the prefix once arguments are bound;
 - ``batch_plan``: ``run_batch`` over a token trie of the bound prompts, each shared prefix prefilled once;
 - ``program_plan``: fork, select and constraint plans and segments (``segments``, ``constraint_plan``);
-- ``codec``: how plans count tokens (a backend's tokenizer, or characters).
+- ``codec``: how plans count tokens (a backend's tokenizer, or characters);
+- ``choice_methods``: how ``select`` decides from per-choice token logprobs and which tokens are a choice's
+  (shared by per-node scoring in ``backends.scoring`` and the engine's select steps of program requests).
 
 Constraints (no torch here; the runtime applies the masks, see docs/constraints.md):
 

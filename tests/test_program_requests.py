@@ -260,3 +260,21 @@ def test_many_programs_at_selects_never_starve_their_scoring_rows(runtime, tiny_
         small.engine.check_integrity()
     assert [o.finish for o in outputs] == [None] * len(prompts)
     assert [[s.value for s in o.steps] for o in outputs] == expected
+
+
+def test_http_abort_request_stops_a_program(engine):
+    steps = [{"type": "gen", "node": "g1", "sampling_params": {**GREEDY, "max_new_tokens": 2}},
+             {"type": "gen", "node": "g2", "sampling_params": {**GREEDY, "max_new_tokens": 800, "ignore_eos": True}}]
+    with BackgroundServer(create_app(engine)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        async def run():
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                call = asyncio.ensure_future(client.post("/generate_program",
+                                                         json={"text": PROMPT, "steps": steps, "rid": "prog-1"}))
+                await asyncio.sleep(0.5)
+                assert (await client.post("/abort_request", json={"rid": "prog-1"})).json() == {"success": True}
+                return (await call).json()
+
+        body = asyncio.run(run())
+        assert body["finish_reason"]["type"] == "abort" and body["finish_reason"]["message"].startswith("steps[1] (g2)")
+        assert [o["node"] for o in body["outputs"]] == ["g1"]
+        assert http.get("/health").status_code == 200

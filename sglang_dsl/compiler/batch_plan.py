@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
+from sglang_dsl.compiler.choice_methods import common_length
 from sglang_dsl.compiler.codec import CHARACTERS, PromptCodec
 from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import bound_prefix
@@ -164,7 +165,7 @@ class _Builder:
         """Start planning the sorted prompts ``lo:hi`` (at least one), all inside ``parent``: its shared prefix
         (prefilled now, if worth it), its subgroups (longest shared prefix first) and its lone prompts."""
         first, last = self.prompts[self.sorted[lo]], self.prompts[self.sorted[hi - 1]]
-        shared = _common_length(first, last)
+        shared = common_length(first, last)
         here = parent
         if hi - lo >= 2 and shared - self.depth_of(parent) >= self.min_shared:
             here = self.shared_prefix(first[:shared], parent, lo, hi)
@@ -186,7 +187,7 @@ class _Builder:
         return prompt[depth] if depth < len(prompt) else None
 
     def shared_length(self, lo: int, hi: int) -> int:
-        return _common_length(self.prompts[self.sorted[lo]], self.prompts[self.sorted[hi - 1]]) if hi - lo > 1 \
+        return common_length(self.prompts[self.sorted[lo]], self.prompts[self.sorted[hi - 1]]) if hi - lo > 1 \
             else -1
 
     def shared_prefix(self, ids: tuple[int, ...], parent: int | None, lo: int, hi: int) -> int | None:
@@ -210,20 +211,11 @@ class _Builder:
         return "", 0
 
 
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _distinct_tokens(prompts: Sequence[Sequence[int]]) -> int:
     """Nodes of the trie of ``prompts``: each distinct prefix's last token, counted once."""
     ordered = sorted(prompts)
     total, previous = 0, ()
     for ids in ordered:
-        total += len(ids) - _common_length(previous, ids)
+        total += len(ids) - common_length(previous, ids)
         previous = ids
     return total

@@ -8,6 +8,7 @@ Workloads (each a batch of one program, ``run_batch``, greedy so every mode prod
 
 Modes (one engine with the radix cache, one without; all in one run):
   compiled  batch plan (every shared prefix prefilled once, depth-first) and segment fusion where available
+  planned   the batch plan without segment fusion
   eager     no plan, no fusion: the programs run as written, the first program's prompt precached
   no-radix  eager on an engine without the prefix cache
 
@@ -37,7 +38,7 @@ import sglang_dsl as sgl
 from sglang_dsl.lang.config import global_config
 from sglang_dsl.lang.planned_batch import plan_for
 
-MODES = ("compiled", "eager", "no-radix")
+MODES = ("compiled", "planned", "eager", "no-radix")
 
 # ---- workloads -----------------------------------------------------------------------------------------------
 
@@ -55,10 +56,10 @@ def fewshot_qa(s, header, question):
 def tree_of_thought(s, question):
     s += "Think about the question in several ways, then answer.\nQuestion: " + question + "\n"
     thoughts = s.fork(2)
-    thoughts += "Approach:" + sgl.gen("approach", max_tokens=8, stop="\n") + "\n"
+    thoughts += lambda i: f"Approach {i + 1}:" + sgl.gen("approach", max_tokens=8, stop="\n") + "\n"
     for thought in thoughts:
         steps = thought.fork(2)
-        steps += "Step:" + sgl.gen("step", max_tokens=8, stop="\n")
+        steps += lambda i: ("First step:", "Another step:")[i] + sgl.gen("step", max_tokens=8, stop="\n")
         steps.join()
         thought += "Verdict:" + sgl.gen("verdict", max_tokens=4, stop="\n")
     thoughts.join()
@@ -200,10 +201,10 @@ class Result:
 
 
 def run_mode(workload: Workload, mode: str, runtime) -> Result:
-    compiled = mode == "compiled"
-    global_config.enable_batch_planning = compiled
+    planned = mode in ("compiled", "planned")
+    global_config.enable_batch_planning = planned
     if hasattr(global_config, "enable_segment_fusion"):
-        global_config.enable_segment_fusion = compiled
+        global_config.enable_segment_fusion = mode == "compiled"
     runtime.flush_cache()
     before = counters(runtime.engine)
     started = time.perf_counter()
@@ -215,7 +216,7 @@ def run_mode(workload: Workload, mode: str, runtime) -> Result:
     delta = {k: after[k] - before[k] for k in after}
     result = Result(workload.name, mode, int(delta["requests"]), int(delta["prompt"] - delta["cached"]),
                     int(delta["cached"]), seconds)
-    if compiled and workload.first_var is not None:
+    if planned and workload.first_var is not None:
         result.plan = plan_check(workload, runtime, states)
     return result
 
@@ -256,6 +257,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="multiply the batch sizes")
     parser.add_argument("--only", nargs="*", default=None, help="workloads to run (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES,
+                        help="modes to run (the ideal needs eager)")
     args = parser.parse_args()
     console = Console(width=170)
     chosen = [w for w in workloads(args) if args.only is None or w.name in args.only]
@@ -264,13 +267,16 @@ def main() -> None:
 
 
 def measure(args, chosen: list[Workload]) -> list[Result]:
-    """Every workload in every mode: eager then compiled on an engine with the radix cache (the eager run's
-    requests give the ideal), then no-radix on one without."""
+    """Every workload in every mode: eager, planned and compiled on an engine with the radix cache (the eager
+    run's requests give the ideal), then no-radix on one without."""
     results: list[Result] = []
     ideal: dict[str, int] = {}
     with Progress(transient=True) as progress:
-        task = progress.add_task("programs", total=len(chosen) * len(MODES))
-        for radix, modes in ((True, ("eager", "compiled")), (False, ("no-radix",))):
+        task = progress.add_task("programs", total=len(chosen) * len(args.modes))
+        for radix, modes in ((True, ("eager", "planned", "compiled")), (False, ("no-radix",))):
+            modes = tuple(m for m in modes if m in args.modes)
+            if not modes:
+                continue
             runtime = make_runtime(args, radix)
             log = RequestLog(runtime.engine)
             try:

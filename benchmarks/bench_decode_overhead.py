@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     runner = ModelRunner(RuntimeArgs(model=args.model, device="cuda", load_format="dummy",
                                      max_total_tokens=max(args.batch_sizes) * (args.context + 3 * args.repeats),
-                                     max_running_requests=max(args.batch_sizes)))
+                                     max_running_requests=max(args.batch_sizes), cuda_graph_max_bs=max(args.batch_sizes)))
     table = Table(title=f"{args.model}: decode step at context {args.context} on {torch.cuda.get_device_name()}")
     for column in ("batch", "graph replay ms", "whole step ms", "host overhead ms"):
         table.add_column(column, justify="right")

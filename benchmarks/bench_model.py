@@ -90,11 +90,14 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds after one warm-up round; best is kept")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--cuda-graph-max-bs", type=int, default=0,
+                        help="replay CUDA graphs for decode batches up to this size (the runtime's default: 0, off)")
     args = parser.parse_args()
 
     runner = ModelRunner(RuntimeArgs(
         model=args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,
         attention_backend=args.attention_backend, max_running_requests=max(args.batch_sizes),
+        cuda_graph_max_bs=args.cuda_graph_max_bs,
         max_total_tokens=max(args.batch_sizes) * (args.prompt_len + args.decode_steps + 32) * 2,
     ))
     rows = [("sglang-dsl", b, *bench_ours(runner, b, args.prompt_len, args.decode_steps, args.repeats)) for b in args.batch_sizes]

@@ -59,6 +59,7 @@ _SERVE_RUNTIME_OPTIONS = (
     ("--chunked-prefill-size", int, "most prompt tokens one request prefills per step (-1: no chunking)"),
     ("--max-prefill-tokens", int, "most prompt tokens prefilled per step"),
     ("--schedule-policy", str, "lpm, dfs-weight, fcfs or priority"),
+    ("--cuda-graph-max-bs", int, "replay CUDA graphs for decode batches up to this size (0: off)"),
 )
 
 

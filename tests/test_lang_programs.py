@@ -432,12 +432,14 @@ def test_a_bad_argument_fails_fast_and_leaves_no_thread(runtime):
 def test_a_body_exception_propagates_unchanged(runtime):
     @sgl.function
     def failing(s):
-        s += "Hello" + sgl.gen("x", max_tokens=64)
+        s += "Hello" + sgl.gen("x", max_tokens=4096, ignore_eos=True)
         raise ZeroDivisionError("in the body")
 
     with pytest.raises(ZeroDivisionError, match="in the body"):
         failing.run()
-    deadline = time.monotonic() + 2  # its queued gen was cancelled, and the request aborted
+    # Its queued gen was cancelled, or its request aborted: a request left running would take minutes, the
+    # deadline leaves room for a loaded machine.
+    deadline = time.monotonic() + 30
     while runtime.engine.stats()["running"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert runtime.engine.stats()["running"] == 0

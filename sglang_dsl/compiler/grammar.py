@@ -386,13 +386,7 @@ class GrammarMatcher:
         data = self.vocab.token_bytes[token] if 0 <= token < self.vocab.size else None
         if not data:
             return None
-        with self._lock:
-            configs = set(state)
-            for b in data:
-                configs = self._step(configs, b)
-                if not configs:
-                    return None
-            return frozenset(configs)
+        return self.advance_bytes(state, data)
 
     def advance_bytes(self, state: frozenset, data: bytes) -> frozenset | None:
         with self._lock:

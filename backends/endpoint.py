@@ -29,7 +29,8 @@ from backends.base import (
 from backends.chat_templates import JinjaTemplate, named_template
 from backends.http import HttpClient, HttpConfig, HttpError
 from backends.native_batch import NativeBatcher
-from backends.scoring import ZERO_TOKENS, ScoredPrompt, score_choices
+from backends.scoring import ZERO_TOKENS, Prefilled, ScoredPrompt, score_choices
+from sglang_dsl.compiler.choice_scoring import next_token_entries
 from sglang_dsl.lang import loop
 from sglang_dsl.lang.choices import ChoicesDecision
 from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
@@ -228,14 +229,19 @@ class _HttpScorer:
         self.bos_token_id = endpoint.model_info.get("bos_token_id")
         self.encode_all = endpoint.encode_all
 
-    async def prefill(self, ids: Sequence[int]) -> int:
-        result = await self.endpoint._generate({"input_ids": list(ids), "sampling_params": ZERO_TOKENS})
-        return _checked(result)["meta_info"].get("cached_tokens", 0)
+    async def prefill(self, ids: Sequence[int], next_token_ids: Sequence[int]) -> Prefilled:
+        body: dict[str, Any] = {"input_ids": list(ids), "sampling_params": ZERO_TOKENS}
+        if next_token_ids:  # one new token: SGLang reports token_ids_logprob at output positions only
+            body.update(sampling_params={"max_new_tokens": 1, "temperature": 0}, return_logprob=True,
+                        token_ids_logprob=list(next_token_ids), return_text_in_logprobs=True)
+        meta = _checked(await self.endpoint._generate(body))["meta_info"]
+        listed = next_token_entries(meta.get("output_token_ids_logprobs"))
+        return Prefilled(meta.get("cached_tokens", 0), listed if next_token_ids else {})
 
-    async def score(self, prompts: Sequence[Sequence[int]], start: int) -> list[ScoredPrompt]:
+    async def score(self, prompts: Sequence[Sequence[int]], starts: Sequence[int]) -> list[ScoredPrompt]:
         results = await self.endpoint._generate({
             "input_ids": [list(ids) for ids in prompts], "sampling_params": ZERO_TOKENS, "return_logprob": True,
-            "logprob_start_len": start, "return_text_in_logprobs": True})
+            "logprob_start_len": list(starts), "return_text_in_logprobs": True})
         return [ScoredPrompt([tuple(entry) for entry in _checked(r)["meta_info"]["input_token_logprobs"]],
                              r["meta_info"].get("cached_tokens", 0))
                 for r in results]

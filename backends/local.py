@@ -147,9 +147,12 @@ class Runtime(Backend):
 
         return encode_program_text(self.tokenizer, text)
 
-    async def prefill(self, ids: Sequence[int]):
-        """Compute (and cache) the KV of ``ids``; returns the engine's output (``cached_tokens``...)."""
-        request = self.engine.make_request(input_ids=list(ids), sampling_params={"max_new_tokens": 0})
+    async def prefill(self, ids: Sequence[int], next_token_ids: Sequence[int] = ()):
+        """Compute (and cache) the KV of ``ids``; returns the engine's output (``cached_tokens``, and the
+        next-token logprobs of ``next_token_ids`` as ``output_token_ids_logprobs[0]``)."""
+        request = self.engine.make_request(input_ids=list(ids), sampling_params={"max_new_tokens": 0},
+                                           return_logprob=bool(next_token_ids), token_ids_logprob=next_token_ids,
+                                           return_text_in_logprobs=True)
         (output,) = await self.wait_all([self.engine.async_generate(request)])
         return _finished(output)
 

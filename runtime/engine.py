@@ -68,6 +68,7 @@ class Engine:
         logprob_start_len: int = -1,
         top_logprobs_num: int = 0,
         return_text_in_logprobs: bool = False,
+        token_ids_logprob: Sequence[int] | None = None,
         rid: str | None = None,
         stream: bool = False,
         priority: int = 0,
@@ -80,7 +81,8 @@ class Engine:
             raise InvalidRequestError(f"logprob_start_len must be -1 or a prompt position (0..{len(ids) - 1}), got {logprob_start_len}")
         if top_logprobs_num < 0:
             raise InvalidRequestError(f"top_logprobs_num must be >= 0, got {top_logprobs_num}")
-        logprobs = LogprobRequest(return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs)
+        listed = self._token_ids("token_ids_logprob", token_ids_logprob or ())
+        logprobs = LogprobRequest(return_logprob, logprob_start_len, top_logprobs_num, return_text_in_logprobs, listed)
         return GenerateRequest(rid or uuid.uuid4().hex, tuple(ids), sampling, logprobs, stream, priority)
 
     def _prompt_ids(self, text: str | None, input_ids: Sequence[int] | None) -> list[int]:
@@ -91,10 +93,7 @@ class Engine:
                 raise InvalidRequestError(f"text must be a string, got {type(text).__name__}")
             ids = self.tokenizer.encode(text)
         else:
-            ids = list(input_ids)
-            vocab = self.model_config.vocab_size
-            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
-                raise InvalidRequestError(f"input_ids must be token ids in [0, {vocab})")
+            ids = list(self._token_ids("input_ids", input_ids))
         if not ids:
             raise InvalidRequestError("the prompt is empty")
         if len(ids) >= self.runner.context_length:
@@ -102,6 +101,12 @@ class Engine:
                 f"the prompt has {len(ids)} tokens; the context holds {self.runner.context_length} (prompt and output)"
             )
         return ids
+
+    def _token_ids(self, name: str, ids: Sequence[int]) -> tuple[int, ...]:
+        vocab = self.model_config.vocab_size
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"{name} must be token ids in [0, {vocab})")
+        return tuple(ids)
 
     def submit(self, request: GenerateRequest, emit: Callable[[GenerateOutput], None]) -> None:
         """Queue a request; ``emit`` is called from the scheduler thread with each output (only the final one

@@ -18,7 +18,8 @@ from runtime.program import (
     step_label,
 )
 from runtime.requests import FinishReason, GenerateOutput, GenerateRequest, LogprobRequest, SamplingParams
-from sglang_dsl.compiler.choice_methods import choice_windows, decide
+from sglang_dsl.compiler.choice_methods import decide
+from sglang_dsl.compiler.choice_scoring import ChoiceScoring, next_token_entries
 
 ZERO_TOKENS = SamplingParams(max_new_tokens=0)
 SCORING_LOGPROBS = dict(return_logprob=True, return_text_in_logprobs=True)
@@ -38,10 +39,11 @@ class ProgramRun:
         self.step_index = -1
         self.closed = False
         self._next = 0
+        self._plan: ChoiceScoring | None = None
+        self._next_token_logprobs: dict = {}
         self._scoring: list[GenerateOutput | None] = []
         self._scoring_requests: list[GenerateRequest] = []
-        self._starts: list[int] = []
-        self._window = self._head = 0
+        self._head = 0
         self._prefix_tokens = 0
         self._prefix_cached = 0
 
@@ -65,10 +67,15 @@ class ProgramRun:
         return encode_program_text(self.tokenizer, self.text)
 
     def step_request(self, ids: Sequence[int]) -> GenerateRequest:
-        """The request the current step continues as: a gen's sampling, or (a select) its prefix, no tokens."""
+        """The request the current step continues as: a gen's sampling, or (a select) its prefix, no new tokens,
+        with the next-token logprobs of the choices' first tokens (`ChoiceScoring`)."""
         if isinstance(self.step, ProgramGen):
             return GenerateRequest(self.program.rid, tuple(ids), self.step.sampling, self.step.logprobs)
-        return GenerateRequest(self.program.rid, tuple(ids), ZERO_TOKENS)
+        prompts = [encode_program_text(self.tokenizer, self.text + choice) for choice in self.step.choices]
+        self._plan = ChoiceScoring.plan(ids, prompts)
+        listed = self._plan.next_token_ids
+        logprobs = LogprobRequest(token_ids_logprob=listed, **SCORING_LOGPROBS) if listed else LogprobRequest()
+        return GenerateRequest(self.program.rid, tuple(ids), ZERO_TOKENS, logprobs)
 
     def matcher(self) -> Any:
         """The compiled constraint of the current gen step, or None."""
@@ -82,27 +89,26 @@ class ProgramRun:
 
     # ---- select ------------------------------------------------------------------------------------------
 
-    def scoring_requests(self, prefix: Sequence[int], cached_tokens: int) -> list[GenerateRequest]:
-        """The rows that score the current select's choices after ``prefix`` (the request's committed tokens),
-        all with zero new tokens: ``prefix + choice`` from the first token that differs from the prefix and, for
-        methods that need it, each choice's own tokens after BOS alone."""
-        step = self.step
-        assert isinstance(step, ProgramSelect)
-        prompts = [encode_program_text(self.tokenizer, self.text + choice) for choice in step.choices]
-        starts, window = choice_windows(prefix, prompts)
+    def scoring_requests(self, prefix: GenerateOutput) -> list[GenerateRequest]:
+        """The rows that score the current select's choices after its prefix (``prefix``: the output of the
+        request that computed it, with the choices' first-token logprobs), all with zero new tokens: the plan's
+        rows and, for methods that need them, each choice's own tokens after BOS alone."""
+        step, plan = self.step, self._plan
+        assert isinstance(step, ProgramSelect) and plan is not None
         rid = f"{self.program.rid}/{self.step_index}"
-        rows = [GenerateRequest(f"{rid}/choice{i}", tuple(ids), ZERO_TOKENS,
-                                LogprobRequest(logprob_start_len=window, **SCORING_LOGPROBS))
-                for i, ids in enumerate(prompts)]
+        rows = [GenerateRequest(f"{rid}/choice{row.choice}", row.input_ids, ZERO_TOKENS,
+                                LogprobRequest(logprob_start_len=row.logprob_start_len, **SCORING_LOGPROBS))
+                for row in plan.rows]
         bos = self.tokenizer.bos_token_id
         head = (bos,) if bos is not None else ()
         if step.method.requires_unconditional_logprobs:
             rows += [GenerateRequest(f"{rid}/unconditional{i}", (*head, *ids[start:]), ZERO_TOKENS,
                                      LogprobRequest(logprob_start_len=0, **SCORING_LOGPROBS))
-                     for i, (ids, start) in enumerate(zip(prompts, starts)) if ids[start:]]
-        self._starts, self._window, self._head = starts, window, len(head)
+                     for i, (ids, start) in enumerate(zip(plan.prompts, plan.starts)) if ids[start:]]
+        self._next_token_logprobs = next_token_entries(prefix.output_token_ids_logprobs) or {}
+        self._head = len(head)
         self._scoring, self._scoring_requests = [None] * len(rows), rows
-        self._prefix_tokens, self._prefix_cached = len(prefix), cached_tokens
+        self._prefix_tokens, self._prefix_cached = prefix.prompt_tokens, prefix.cached_tokens
         return rows
 
     def scoring_listener(self, index: int) -> Callable[[GenerateOutput], None]:
@@ -128,23 +134,23 @@ class ProgramRun:
 
     def decide_select(self) -> str:
         """Decide the current select from its scored rows; record and append the choice."""
-        step = self.step
-        assert isinstance(step, ProgramSelect) and self.scoring_complete
-        count = len(step.choices)
+        step, plan = self.step, self._plan
+        assert isinstance(step, ProgramSelect) and plan is not None and self.scoring_complete
+        count = len(plan.rows)
         outputs = self._scoring
-        conditional = [list(o.input_token_logprobs)[start - self._window:]
-                       for o, start in zip(outputs[:count], self._starts)]
+        conditional = plan.conditional(self._next_token_logprobs, [o.input_token_logprobs for o in outputs[:count]])
         unconditional = None
         if step.method.requires_unconditional_logprobs:
             extra = iter(outputs[count:])
-            unconditional = [list(next(extra).input_token_logprobs)[self._head:] if row[start:] else []
-                             for row, start in zip((r.input_ids for r in self._scoring_requests), self._starts)]
+            unconditional = [list(next(extra).input_token_logprobs)[self._head:] if ids[start:] else []
+                             for ids, start in zip(plan.prompts, plan.starts)]
         decision = decide(step.method, step.choices, step.temperature, conditional, unconditional)
+        row_cached = {row.choice: o.cached_tokens for row, o in zip(plan.rows, outputs)}
         decision.meta_info.update(prompt_tokens=self._prefix_tokens, cached_tokens=self._prefix_cached,
-                                  choices_cached_tokens=[o.cached_tokens for o in outputs[:count]])
+                                  choices_cached_tokens=[row_cached.get(i) for i in range(len(step.choices))])
         self.results.append(StepResult(step.node, step.name, decision.decision, meta_info=decision.meta_info))
         self.text += decision.decision
-        self._scoring, self._scoring_requests = [], []
+        self._scoring, self._scoring_requests, self._plan = [], [], None
         return decision.decision
 
     # ---- the end -----------------------------------------------------------------------------------------

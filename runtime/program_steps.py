@@ -3,10 +3,12 @@
 memory).
 
 When a step ends, the same `Req` restarts as the next step on its row: it keeps the KV of the longest common token
-prefix with the next step's prompt (`_truncate_kv` cuts the rest) and extends what is new. A select parks it: its
-KV goes to the radix cache and its row back to the pool while its scoring rows run over the cached prefix; after
-the decision it is admitted again and finds its prefix and the chosen choice (computed by that choice's scoring
-row) in the cache. The last step finishes it. Nothing here runs per token."""
+prefix with the next step's prompt (`_truncate_kv` cuts the rest) and extends what is new, always computing its
+last token again for its logits. A select's prefix step also returns the choices' first-token logprobs; then the
+request parks: its KV goes to the radix cache and its row back to the pool while the scoring rows of longer
+choices (`sglang_dsl.compiler.choice_scoring`) run over the cached prefix; after the decision it is admitted
+again and finds its prefix (and the chosen choice, if a row computed it) in the cache. The last step finishes
+it. Nothing here runs per token."""
 
 from __future__ import annotations
 
@@ -41,9 +43,8 @@ class ProgramSteps:
         if len(ids) >= self.runner.context_length:
             message = f"the program has {len(ids)} tokens; the context holds {self.runner.context_length}"
             return self._finish(req, FinishReason("abort", message=message))
-        if req.row is not None:
-            reusable = len(ids) - 1 if isinstance(step, ProgramGen) else len(ids)  # a gen computes its last token
-            self._truncate_kv(req, min(common_length(req.fill_ids[: req.kv_len], ids), reusable))
+        if req.row is not None:  # the last token is computed again for its logits (a gen's, or a select's scores)
+            self._truncate_kv(req, min(common_length(req.fill_ids[: req.kv_len], ids), len(ids) - 1))
         req.restart(run.step_request(ids), cached_tokens=req.kv_len)
         req.constraint = self._request_constraint(req, run.matcher()) if isinstance(step, ProgramGen) else None
         if req.row is None:  # after a select: admitted again, its prefix and the chosen choice found in the cache
@@ -51,8 +52,6 @@ class ProgramSteps:
             return
         self.prompt_tokens_seen += len(ids)
         self.cached_tokens_seen += req.kv_len
-        if req.kv_len == req.fill_len:  # a select whose prefix is all in the KV already
-            return self._start_scoring(req)
         if self._reserved([req]) > self._free_room() - self._reserved(self.running + self.prefilling):
             self._release_kv(req)  # no room to go on now: wait like a retracted request
             req.num_retractions += 1
@@ -67,7 +66,7 @@ class ProgramSteps:
         self._record(req, FinishReason("length"), count_request=False)
         self._release_kv(req)
         run = req.program
-        for i, row in enumerate(run.scoring_requests(req.fill_ids, req.cached_tokens)):
+        for i, row in enumerate(run.scoring_requests(req.output())):
             self._enqueue(Req(row, req.tokenizer, run.scoring_listener(i), counted=False))
         self.parked.append(req)
 

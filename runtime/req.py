@@ -45,6 +45,8 @@ class Req:
     output_top_logprobs: list[tuple[LogprobEntry, ...]] = field(default_factory=list)
     input_logprobs: list[LogprobEntry] | None = None
     input_top_logprobs: list[tuple[LogprobEntry, ...] | None] | None = None
+    input_token_ids_logprobs: list[tuple[LogprobEntry, ...] | None] | None = None
+    output_token_ids_logprobs: list[tuple[LogprobEntry, ...]] = field(default_factory=list)
     # constrained decoding (runtime/constraint.py): the compile in flight, then the request's matcher state
     constraint_future: Any = None
     constraint: Any = None
@@ -62,8 +64,8 @@ class Req:
         """Continue as ``request`` (a program's next step) on the same row and KV, with a fresh output."""
         self.request, self.cached_tokens = request, cached_tokens
         self.output_ids, self.text, self.finish = [], "", None
-        self.output_logprobs, self.output_top_logprobs = [], []
-        self.input_logprobs = self.input_top_logprobs = None
+        self.output_logprobs, self.output_top_logprobs, self.output_token_ids_logprobs = [], [], []
+        self.input_logprobs = self.input_top_logprobs = self.input_token_ids_logprobs = None
         self.constraint_future = self.constraint = None
         self.__post_init__()
 
@@ -129,4 +131,12 @@ class Req:
             output_top_logprobs=(
                 tuple(self.output_top_logprobs) if logprobs.return_logprob and logprobs.top_logprobs_num else None
             ),
+            **self._listed_logprobs(),
         )
+
+    def _listed_logprobs(self) -> dict[str, Any]:
+        logprobs = self.request.logprobs
+        if not (logprobs.return_logprob and logprobs.token_ids_logprob):
+            return {}
+        return {"input_token_ids_logprobs": tuple(self.input_token_ids_logprobs or ()),
+                "output_token_ids_logprobs": tuple(self.output_token_ids_logprobs)}

@@ -61,12 +61,15 @@ class LogprobRequest:
 
     ``logprob_start_len``: -1 for output tokens only; N to also score prompt tokens from position N (the entry
     at N has no logprob, as nothing precedes it in the window). ``top_logprobs_num``: how many most likely
-    alternatives to report per position."""
+    alternatives to report per position. ``token_ids_logprob``: tokens whose logprobs to report at every
+    position, whichever token comes there; output positions include, for a request with no new tokens, the one
+    after the prompt (the distribution a next token would be drawn from)."""
 
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     return_text_in_logprobs: bool = False
+    token_ids_logprob: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class GenerateOutput:
     output_token_logprobs: tuple[LogprobEntry, ...] | None = None
     input_top_logprobs: tuple[tuple[LogprobEntry, ...] | None, ...] | None = None
     output_top_logprobs: tuple[tuple[LogprobEntry, ...], ...] | None = None
+    input_token_ids_logprobs: tuple[tuple[LogprobEntry, ...] | None, ...] | None = None
+    output_token_ids_logprobs: tuple[tuple[LogprobEntry, ...], ...] | None = None
 
     @property
     def finished(self) -> bool:

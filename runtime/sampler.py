@@ -257,6 +257,18 @@ def token_logprobs(
     return chosen, top_values, top_ids
 
 
+def listed_logprobs(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+    """``[N, K]``: the log-probabilities (as `token_logprobs` defines them) of the same ``K`` listed tokens under
+    every row of ``logits [N, V]``."""
+    ids = torch.as_tensor(token_ids, dtype=torch.int64, device=logits.device)
+    out = torch.empty(logits.shape[0], ids.shape[0], dtype=torch.float32, device=logits.device)
+    step = max(1, _LOGPROB_CHUNK_ELEMENTS // max(logits.shape[1], 1))
+    for start in range(0, logits.shape[0], step):
+        x = logits[start : start + step].float()
+        out[start : start + step] = x[:, ids] - torch.logsumexp(x, dim=-1, keepdim=True)
+    return out
+
+
 def _apply_penalties(
     x: torch.Tensor,
     batch: SamplingBatch,

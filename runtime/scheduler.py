@@ -24,7 +24,7 @@ from runtime.program_steps import ProgramSteps
 from runtime.radix_cache import RadixCache
 from runtime.req import Req
 from runtime.requests import FinishReason
-from runtime.sampler import SamplingBatch, sample, token_logprobs
+from runtime.sampler import SamplingBatch, listed_logprobs, sample, token_logprobs
 from runtime.schedule_policy import SCHEDULE_POLICIES, order_waiting, prefix_key
 
 RESERVE_CAP = 4096  # most future tokens one request reserves KV for at admission
@@ -315,6 +315,7 @@ class Scheduler(ProgramSteps):
             if req.kv_len == req.fill_len:
                 self.prefilling.remove(req)
                 self.running.append(req)
+        self._record_listed_logprobs(to_sample, logits)
         to_sample = [(r, row) for r, row in to_sample if not self._finished_without_sampling(r)]
         if to_sample:
             self._sample_and_append([r for r, _ in to_sample], logits[torch.tensor([row for _, row in to_sample])])
@@ -426,6 +427,7 @@ class Scheduler(ProgramSteps):
             first_token = req.input_ids[start]
             req.input_logprobs = [(None, first_token, self._token_text(req, first_token))]
             req.input_top_logprobs = [None]
+            req.input_token_ids_logprobs = [None]
         if item.first_logit < start:
             return
         targets = list(req.input_ids[item.first_logit + 1 : min(item.end, len(req.input_ids) - 1) + 1])
@@ -436,6 +438,19 @@ class Scheduler(ProgramSteps):
         for j, token in enumerate(targets):
             req.input_logprobs.append((float(lp[j]), token, self._token_text(req, token)))
             req.input_top_logprobs.append(self._top_entries(req, top_lp[j].tolist(), top_ids[j].tolist()))
+        listed = req.request.logprobs.token_ids_logprob
+        if listed:
+            rows = listed_logprobs(logits[: len(targets)], listed).tolist()
+            req.input_token_ids_logprobs.extend(self._top_entries(req, row, listed) for row in rows)
+
+    def _record_listed_logprobs(self, sampled: list[tuple[Req, int]], logits: torch.Tensor) -> None:
+        """For requests with ``token_ids_logprob``: the listed tokens' logprobs at the output position each
+        ``logits`` row predicts (for a request with no new tokens, the position after its prompt)."""
+        for req, row in sampled:
+            listed = req.request.logprobs.token_ids_logprob
+            if listed and req.request.logprobs.return_logprob:
+                (values,) = listed_logprobs(logits[row : row + 1], listed).tolist()
+                req.output_token_ids_logprobs.append(self._top_entries(req, values, listed))
 
     def _record_output_logprob(self, req: Req, token: int, lp: float, top_lp: list[float], top_ids: list[int]) -> None:
         req.output_logprobs.append((lp, token, self._token_text(req, token)))

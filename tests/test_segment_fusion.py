@@ -56,12 +56,8 @@ CALLS = 6  # model-calling nodes of `mixed`
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from gguf_fixtures import byte_level_vocab, write_tiny_gguf
-
-    path = tmp_path_factory.mktemp("tiny-fusion") / "tiny.gguf"
-    write_tiny_gguf(path, vocab=byte_level_vocab(vocab_size=400), max_position_embeddings=1024)
-    with sgl.Runtime(model=str(path), device="cpu", dtype="float32", cpu_kv_tokens=8192) as rt:
+def tiny(tiny_byte_gguf):
+    with sgl.Runtime(model=str(tiny_byte_gguf), device="cpu", dtype="float32", cpu_kv_tokens=8192) as rt:
         yield rt
         rt.engine.check_integrity()
 
@@ -162,6 +158,8 @@ def test_fused_equals_unfused_on_smollm2(smollm2, fusion_switch):
     assert comparable(fused, names) == comparable(unfused, names)
     assert 1900 <= int(fused["year"]) <= 2099
     assert isinstance(json.loads(fused["data"])["k"], int)
-    # the assistant turn's four calls are one request; the select after the next turn stands alone (a per-node
-    # select: one prefill and a scoring request per choice); per node, the first turn alone takes 3 + 1 + 2
-    assert fused_requests == 1 + 3 < len(names) < 3 + (1 + 2) + (1 + 2) == unfused_requests
+    # the assistant turn's four calls are one request; the select after the next turn stands alone. Per node, a
+    # select is its prefix's request, which returns the choices' first-token logprobs, plus a row per choice that
+    # needs one: "Confidence: " ends in a space that merges into each choice's token (two rows), while "yes" and
+    # "no" start cleanly after the assistant header and are one token each (no rows)
+    assert fused_requests == 1 + 1 < len(names) < 1 + (1 + 2) + 1 + 1 + 1 == unfused_requests

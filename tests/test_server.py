@@ -203,6 +203,32 @@ def test_logprobs_with_top_alternatives(http):
         assert top[0][0] >= top[1][0] >= top[2][0]
 
 
+def test_token_ids_logprob_at_every_position(http):
+    listed = [7, 9]
+    r = http.post("/generate", json={
+        "text": "w3 w4 w5", "sampling_params": GREEDY, "return_logprob": True, "logprob_start_len": 0,
+        "top_logprobs_num": 1, "token_ids_logprob": listed})
+    meta = r.json()["meta_info"]
+    assert meta["input_token_ids_logprobs"][0] is None and len(meta["input_token_ids_logprobs"]) == 3
+    assert len(meta["output_token_ids_logprobs"]) == 6
+    for position in meta["input_token_ids_logprobs"][1:] + meta["output_token_ids_logprobs"]:
+        assert [e[1] for e in position] == listed and all(e[0] <= 0 for e in position)
+    # the listed logprobs come from the same distribution the output token and its top alternative do
+    for (lp, token, _), top, position in zip(meta["output_token_logprobs"], meta["output_top_logprobs"],
+                                             meta["output_token_ids_logprobs"]):
+        assert top[0][0] >= max(e[0] for e in position) - 1e-5
+        if token in listed:
+            assert abs(position[listed.index(token)][0] - lp) < 1e-4
+    # with no new tokens, the one output position is the distribution after the prompt
+    prefill = http.post("/generate", json={
+        "text": "w3 w4 w5", "sampling_params": {"max_new_tokens": 0}, "return_logprob": True,
+        "token_ids_logprob": [[r.json()["output_ids"][0]]]}).json()["meta_info"]
+    ((after_prompt,),) = prefill["output_token_ids_logprobs"]
+    assert abs(after_prompt[0] - meta["output_token_logprobs"][0][0]) < 1e-4
+    bad = http.post("/generate", json={"text": "w3", "return_logprob": True, "token_ids_logprob": [10**9]})
+    assert bad.status_code == 400 and "token_ids_logprob" in bad.text
+
+
 def test_streaming_sends_cumulative_chunks_then_done(http):
     body = {"text": "w1 w2 w3", "sampling_params": GREEDY, "stream": True}
     with http.stream("POST", "/generate", json=body) as r:

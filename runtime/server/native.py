@@ -89,11 +89,12 @@ def _build_requests(state: ServerState, body: GenerateBody) -> tuple[str, list[G
     return_logprob = _per_prompt("return_logprob", body.return_logprob, count, batch)
     start_len = _per_prompt("logprob_start_len", body.logprob_start_len, count, batch)
     top_num = _per_prompt("top_logprobs_num", body.top_logprobs_num, count, batch)
+    listed = _listed_per_prompt(body.token_ids_logprob, count, batch)
     requests: list[GenerateRequest] = []
     for i, prompt in enumerate(prompts):
         request = state.engine.make_request(
             **prompt, sampling_params=sampling[i] or {}, return_logprob=return_logprob[i],
-            logprob_start_len=start_len[i], top_logprobs_num=top_num[i],
+            logprob_start_len=start_len[i], top_logprobs_num=top_num[i], token_ids_logprob=listed[i],
             return_text_in_logprobs=body.return_text_in_logprobs, rid=rids[i], stream=body.stream)
         samples = expand_n(request)
         if len(samples) > 1:
@@ -110,6 +111,13 @@ def _per_prompt(name: str, value: Any, count: int, batch: bool) -> list[Any]:
         where = f"the batch has {count} prompts" if batch else "there is one prompt"
         raise APIError(f"{name} has {len(value)} entries but {where}", param=name)
     return value
+
+
+def _listed_per_prompt(value: list | None, count: int, batch: bool) -> list[list[int]]:
+    """``token_ids_logprob``: one list of token ids for every prompt, or (a list of lists) one per prompt."""
+    if value and isinstance(value[0], list):
+        return _per_prompt("token_ids_logprob", value, count, batch)
+    return [value or []] * count
 
 
 def _result(out: GenerateOutput, request: GenerateRequest, received: float, index: int | None = None,
@@ -133,6 +141,9 @@ def _result(out: GenerateOutput, request: GenerateRequest, received: float, inde
         if request.logprobs.top_logprobs_num > 0:
             meta["input_top_logprobs"] = top_logprob_lists(out.input_top_logprobs) or []
             meta["output_top_logprobs"] = top_logprob_lists(out.output_top_logprobs) or []
+        if request.logprobs.token_ids_logprob:
+            meta["input_token_ids_logprobs"] = top_logprob_lists(out.input_token_ids_logprobs) or []
+            meta["output_token_ids_logprobs"] = top_logprob_lists(out.output_token_ids_logprobs) or []
     text = streamable_text(out, request) if streaming else out.text
     result = {"text": text, "output_ids": list(out.output_ids), "meta_info": meta}
     if index is not None:

@@ -131,6 +131,7 @@ class GenerateBody(_Body):
     return_logprob: bool | list[bool] = False
     logprob_start_len: int | list[int] = -1
     top_logprobs_num: int | list[int] = 0
+    token_ids_logprob: list[int] | list[list[int]] | None = None
     return_text_in_logprobs: bool = False
 
     @field_validator("text", mode="before")
@@ -138,10 +139,10 @@ class GenerateBody(_Body):
     def _text(cls, v: Any) -> Any:
         return _str_or_str_list("text", v)
 
-    @field_validator("input_ids", mode="before")
+    @field_validator("input_ids", "token_ids_logprob", mode="before")
     @classmethod
-    def _input_ids(cls, v: Any) -> Any:
-        return _ids_or_id_lists("input_ids", v)
+    def _input_ids(cls, v: Any, info) -> Any:
+        return _ids_or_id_lists(info.field_name, v)
 
     @field_validator("rid", mode="before")
     @classmethod

@@ -1,9 +1,9 @@
-"""How ``select`` turns per-token log-probabilities of each choice into a decision, and which tokens are a
-choice's (`choice_windows`).
+"""How ``select`` turns per-token log-probabilities of each choice into a decision (which requests compute them:
+`sglang_dsl.compiler.choice_scoring`).
 
 This lives with the compiler (torch-free, importable by the runtime) because both sides decide: a backend
 scoring one ``select`` per call (`backends.scoring`) and the engine scoring ``select`` steps inside a program
-request (`runtime.program_state`). The language re-exports it as `sglang_dsl.lang.choices`.
+request (`runtime.program_run`). The language re-exports it as `sglang_dsl.lang.choices`.
 
 A backend scores every choice's tokens conditioned on the program's text (``input_token_logprobs``: one list of
 ``(logprob, token_id, token_text)`` per choice, covering exactly the choice's tokens) and, when a method asks for
@@ -174,15 +174,6 @@ def common_length(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
-
-
-def choice_windows(prefix: Sequence[int], prompts: Sequence[Sequence[int]]) -> tuple[list[int], int]:
-    """Where each ``prefix + choice`` prompt's own tokens start (after the longest common token prefix with
-    ``prefix``: tokenizing ``prefix + choice`` may merge the prefix's last token with the choice's first), and
-    the ``logprob_start_len`` that covers them all (one token earlier: the window's first entry has no
-    logprob)."""
-    starts = [max(1, common_length(prefix, ids)) for ids in prompts]
-    return starts, min(starts) - 1
 
 
 def _lp(entry: LogprobEntry) -> float:

@@ -3,6 +3,6 @@ defined in `sglang_dsl.compiler.choice_methods`, where the runtime can use them 
 
 from sglang_dsl.compiler.choice_methods import (  # noqa: F401  (re-exported)
     METHODS_BY_NAME, ChoicesDecision, ChoicesSamplingMethod, GreedyTokenSelection, LogprobEntry,
-    TokenLengthNormalized, UnconditionalLikelihoodNormalized, choice_windows, decide, greedy_logprob_matrix,
+    TokenLengthNormalized, UnconditionalLikelihoodNormalized, decide, greedy_logprob_matrix,
     greedy_token_selection, mean_logprob, token_length_normalized, unconditional_likelihood_normalized,
 )

@@ -11,7 +11,7 @@ from sglang_dsl.lang.config import global_config
 from sglang_dsl.lang.function import function
 from sglang_dsl.lang.planned_batch import plan_for
 from sglang_dsl.lang.primitives import gen
-from tiny_models import make_hf_model, write_word_tokenizer
+from tiny_models import word_runtime
 
 HEADERS = [" ".join(f"w{10 + 3 * h + k % 7}" for k in range(40)) for h in range(3)]
 
@@ -25,12 +25,7 @@ def few_shot(s, header, question):
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    from backends.local import Runtime
-
-    directory = tmp_path_factory.mktemp("tiny")
-    make_hf_model("llama", directory)
-    write_word_tokenizer(directory)
-    rt = Runtime(model=str(directory), device="cpu", dtype="float32", cpu_kv_tokens=8192, max_running_requests=8)
+    rt = word_runtime(tmp_path_factory.mktemp("tiny"), cpu_kv_tokens=8192, max_running_requests=8)
     yield rt
     rt.shutdown()
 
@@ -80,14 +75,9 @@ def test_planned_and_unplanned_runs_agree(runtime):
 def test_a_batch_larger_than_the_kv_pool_keeps_every_planned_hit(tmp_path):
     """Six groups whose prefixes and programs together need several times the pool: the plan's order still gets
     every predicted cache hit."""
-    from backends.local import Runtime
-
-    make_hf_model("llama", tmp_path)
-    write_word_tokenizer(tmp_path)
     headers = [" ".join(f"w{20 + 5 * h + k % 11}" for k in range(40)) for h in range(6)]
     entries = [{"header": headers[i % 6], "question": f"w{100 + i} w{200 + i}"} for i in range(24)]
-    with Runtime(model=str(tmp_path), device="cpu", dtype="float32", max_total_tokens=160,
-                 max_running_requests=4) as rt:
+    with word_runtime(tmp_path, max_total_tokens=160, max_running_requests=4) as rt:
         plan = plan_for(few_shot, [few_shot.arguments((), e) for e in entries], rt)
         assert sum(p.tokens for p in plan.prefixes) > 160
         states = few_shot.run_batch(entries, backend=rt)

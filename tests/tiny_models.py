@@ -46,3 +46,13 @@ def write_word_tokenizer(directory: Path, vocab_size: int = 256) -> None:
         "model": {"type": "WordLevel", "vocab": {f"w{i}": i for i in range(vocab_size)}, "unk_token": "w0"},
         "pre_tokenizer": {"type": "Whitespace"}, "decoder": None, "added_tokens": [],
     }))
+
+
+def word_runtime(directory: Path, **options):
+    """A local `Runtime` (CPU, float32) on a random tiny llama with the word tokenizer, both written to
+    ``directory``; ``options`` are the runtime's (``cpu_kv_tokens``...)."""
+    from backends.local import Runtime
+
+    make_hf_model("llama", directory)
+    write_word_tokenizer(directory)
+    return Runtime(model=str(directory), device="cpu", dtype="float32", **options)

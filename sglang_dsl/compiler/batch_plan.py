@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from sglang_dsl.compiler.choice_methods import common_length
-from sglang_dsl.compiler.codec import CHARACTERS, PromptCodec
+from sglang_dsl.compiler.codec import CHARACTERS, PromptCodec, stable_prefix
 from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import bound_prefix
 from sglang_dsl.ir.graph import Graph
@@ -193,7 +193,7 @@ class _Builder:
     def shared_prefix(self, ids: tuple[int, ...], parent: int | None, lo: int, hi: int) -> int | None:
         """Add the prefilled prefix ``ids`` (shortened until its text re-encodes to itself); ``parent`` when too
         little is left of it."""
-        text, length = self.stable(ids)
+        text, length = stable_prefix(self.codec, ids)
         if length - self.depth_of(parent) < self.min_shared:
             return parent
         members = tuple(sorted(self.sorted[lo:hi]))
@@ -203,12 +203,6 @@ class _Builder:
         self.order.append(("prefill", prefix.id))
         return prefix.id
 
-    def stable(self, ids: tuple[int, ...]) -> tuple[str, int]:
-        for length in range(len(ids), 0, -1):
-            text = self.codec.decode(ids[:length])
-            if tuple(self.codec.encode(text)) == ids[:length]:
-                return text, length
-        return "", 0
 
 
 def _distinct_tokens(prompts: Sequence[Sequence[int]]) -> int:

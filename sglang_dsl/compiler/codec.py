@@ -48,3 +48,13 @@ class TokenizerCodec:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def stable_prefix(codec: PromptCodec, ids: Sequence[int]) -> tuple[str, int]:
+    """The longest start of ``ids`` whose text re-encodes to exactly those ids, as ``(text, length)``: prefilling
+    that text caches tokens a prompt starting with ``ids`` really has. ``("", 0)`` when no start does."""
+    for length in range(len(ids), 0, -1):
+        text = codec.decode(ids[:length])
+        if list(codec.encode(text)) == list(ids[:length]):
+            return text, length
+    return "", 0

@@ -55,7 +55,9 @@ def format_program_plan(plan: "ProgramPlan") -> str:
     lines.append(f"  constant prefix {snippet(prefix.text)}: {size}, {len(prefix.nodes)} nodes, {end} "
                  f"({prefix.reason})")
     for fork in plan.forks:
-        commit = "prefix committed before fan-out" if fork.commit_prefix else "no commit (one branch)"
+        commit = ("no commit (one branch)" if not fork.commit_prefix else
+                  "prefix and shared head committed before fan-out" if fork.shared_text else
+                  "prefix committed before fan-out")
         calls = " ".join(f"%{c}" if c else "-" for c in fork.first_calls)
         join = (f"join %{fork.join} {fork.join_mode}" + (f" [{', '.join(fork.gathered)}]" if fork.gathered else "")
                 if fork.join else "never joined")

@@ -2,8 +2,9 @@
 
 - constant prefix (`prefix.constant_prefix`): what every run shares;
 - forks (`plan_forks`): each fork commits its stream's text to the prefix cache (``Backend.cache_prefix``) before
-  its branches fan out, so every branch's first request finds it cached; the plan names each branch's first
-  model call, the constant text all branches append before it, and the join;
+  its branches fan out, together with the head its branches start with alike (`fork_prefix`), so every
+  branch's first request finds both cached; the plan names each branch's first model call, the constant text
+  all branches append before it, and the join;
 - selects (`plan_selects`): each select is scored as one batched extend of all its choices over the prefix,
   prefilled once (`backends.scoring`): one prefill request, then one batch of a scoring request per choice, and
   another such batch when the method needs unconditional likelihoods;
@@ -17,7 +18,6 @@ each segment as one request.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from sglang_dsl.compiler.choice_methods import METHODS_BY_NAME
 from sglang_dsl.compiler.codec import PromptCodec
 from sglang_dsl.compiler.constraint import ConstraintCompiler
 from sglang_dsl.compiler.constraint_plan import ConstraintPlan, plan_constraints
+from sglang_dsl.compiler.fork_prefix import shared_head
 from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import PrefixInfo, constant_prefix
 from sglang_dsl.compiler.segments import Segment, mark_segments
@@ -34,9 +35,10 @@ from sglang_dsl.ir.nodes import Fork, Gen, Join, Select, Text
 
 @dataclass(frozen=True)
 class ForkPlan:
-    """Fork ``fork`` of ``stream`` into ``n`` branches: the stream's text is prefilled once, then each branch
-    appends ``shared_text`` (constant, the same on every branch) and more before its first model call
-    (``first_calls``, one per branch, ``None`` for a branch that makes none). ``join``/``join_mode``/``gathered``
+    """Fork ``fork`` of ``stream`` into ``n`` branches: each branch appends ``shared_text`` (constant, the same on
+    every branch) and more before its first model call (``first_calls``, one per branch, ``None`` for a branch
+    that makes none); with ``commit_prefix`` the stream's text and the stable tokens of ``shared_text`` are
+    prefilled once before the branches fan out (`fork_prefix.committed_prefix`). ``join``/``join_mode``/``gathered``
     describe how the branches come back (``None``: never joined)."""
 
     fork: str
@@ -119,7 +121,7 @@ def plan_forks(graph: Graph) -> tuple[ForkPlan, ...]:
     plans = []
     for fork in (node for node in graph if isinstance(node, Fork)):
         heads = [_branch_head(graph, branch) for branch in fork.branches]
-        shared = _common_prefix([text for text, _ in heads])
+        shared = shared_head([text for text, _ in heads])
         join = joins.get(fork.name)
         plans.append(ForkPlan(fork.name, fork.stream, fork.n, fork.n > 1, shared,
                               tuple(call for _, call in heads), join.name if join else None,
@@ -140,10 +142,6 @@ def _branch_head(graph: Graph, branch: str) -> tuple[str, str | None]:
                 break
             text += part
     return text, call
-
-
-def _common_prefix(texts: list[str]) -> str:
-    return os.path.commonprefix(texts) if texts else ""
 
 
 def plan_selects(graph: Graph, codec: PromptCodec | None = None) -> tuple[SelectPlan, ...]:

@@ -183,20 +183,31 @@ class Executor:
             child.end()
 
     def fork(self, size: int) -> list["Executor"]:
-        """``size`` branches that continue from the current state (after running what is queued). With more
-        than one branch, the shared text is first handed to the backend's prefix cache."""
+        """``size`` branches that continue from the current state (after running what is queued). Their shared
+        prefix is committed to the backend's cache separately, once their heads are known
+        (`sglang_dsl.lang.fork_commit`)."""
         self.sync()
-        if size > 1 and self.text and self.backend.capabilities.prefix_cache:
-            from backends.base import Prompt
-
-            try:
-                loop.run(self.backend.cache_prefix(Prompt(self.text, tuple(self.images))))
-            except Exception as err:
-                raise self._located(err, f"fork({size})") from err
         children = [self._branch(i) for i in range(size)]
         with self.changed:
             self.children.extend(children)
         return children
+
+    def cache_prefix(self, prompt, node: str) -> None:
+        """Hand ``prompt`` to the backend's prefix cache and wait (from the body's thread); a failure is raised
+        located at ``node``. The first program of a batch lets the others start once it is cached."""
+        signal = self._take_first_request_signal()
+        try:
+            loop.run(self.backend.cache_prefix(prompt))
+        except Exception as err:
+            raise self._located(err, node) from err
+        finally:
+            if signal is not None:
+                signal()
+
+    def _take_first_request_signal(self) -> Callable[[], None] | None:
+        with self.changed:
+            signal, self.before_first_request = self.before_first_request, None
+            return signal
 
     def _branch(self, index: int) -> "Executor":
         child = Executor(self.program, self.backend, self.defaults, stream=self.stream,
@@ -347,7 +358,7 @@ class Executor:
 
     async def _warm_up(self) -> None:
         """For the first program of a batch: cache this prompt, then let the others start."""
-        signal, self.before_first_request = self.before_first_request, None
+        signal = self._take_first_request_signal()
         if signal is not None:
             try:
                 if self.backend.capabilities.prefix_cache and self.text:

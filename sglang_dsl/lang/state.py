@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from sglang_dsl.lang.executor import Executor
 from sglang_dsl.lang.exprs import ExprLike, ExprList, Text, VarScopeBegin, VarScopeEnd, as_expr
+from sglang_dsl.lang.fork_commit import ForkCommit, leading_text
 from sglang_dsl.lang.primitives import assistant, system, user
 
 
@@ -142,7 +143,8 @@ class ProgramState:
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> "ProgramStateGroup":
         """``size`` branches continuing from here; each gets its own text and variables and runs concurrently
         with the others. (``position_ids_offset`` is accepted for compatibility and has no effect.)"""
-        return ProgramStateGroup([ProgramState(child) for child in self._ex.fork(size)], self)
+        children = self._ex.fork(size)
+        return ProgramStateGroup([ProgramState(child) for child in children], self, ForkCommit(self._ex, size))
 
     @contextlib.contextmanager
     def copy(self, position_ids_offset: Any = None) -> Iterator["ProgramState"]:
@@ -153,13 +155,22 @@ class ProgramState:
 
 
 class ProgramStateGroup:
-    """The branches of a ``fork``: index or iterate them, append to all of them, then ``join``."""
+    """The branches of a ``fork``: index or iterate them, append to all of them, then ``join``. The fork's prefix
+    is committed to the cache on the group's first use (`sglang_dsl.lang.fork_commit`)."""
 
-    def __init__(self, states: list[ProgramState], parent: ProgramState):
+    def __init__(self, states: list[ProgramState], parent: ProgramState, commit: ForkCommit | None = None):
         self.states = states
         self.parent = parent
+        self._commit = commit
+
+    def commit_prefix(self, heads: list[str] | None = None) -> None:
+        """Commit the fork's prefix now, if it is not yet: the parent's text at the fork and, given ``heads`` (the
+        text each branch appends first), the start those share."""
+        if self._commit is not None:
+            self._commit(heads)
 
     def __getitem__(self, index: int) -> ProgramState:
+        self.commit_prefix()
         return self.states[index]
 
     def __setitem__(self, index: int, state: ProgramState) -> None:
@@ -171,6 +182,7 @@ class ProgramStateGroup:
         return len(self.states)
 
     def __iter__(self) -> Iterator[ProgramState]:
+        self.commit_prefix()
         return iter(self.states)
 
     def __iadd__(self, other: Any) -> "ProgramStateGroup":
@@ -184,6 +196,7 @@ class ProgramStateGroup:
             items = list(other)
         else:
             items = [other] * len(self.states)
+        self.commit_prefix([leading_text(item) for item in items])
         for state, item in zip(self.states, items):
             state += item
         return self
@@ -192,6 +205,8 @@ class ProgramStateGroup:
         """Wait for every branch, then merge into the parent. ``gather_variable``: each variable a branch set
         that the parent lacks becomes a list in branch order. ``concate_and_append``: the text every branch
         added is appended to the parent, in branch order."""
+        if self._commit is not None:
+            self._commit.cancel()
         for state in self.states:
             state.sync()
             state._ex.end()

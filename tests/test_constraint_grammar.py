@@ -162,6 +162,30 @@ def test_masks_equal_brute_force(name, small_vocab):
             state = matcher.advance(state, rng.choice(ids))
 
 
+def test_masks_reused_across_nesting_depths_equal_brute_force(small_vocab):
+    """Masks are kept under the top of the stack they read, so the same place at another depth reuses them:
+    every step of a text that repeats its shapes at several depths must still agree with the brute force."""
+    matcher = compile_grammar(GRAMMARS["json"], small_vocab)
+    text = '[1, [2, [3, {"a": [4, {"b": "c"}]}], {"a": [5]}], {"b": "c"}, [[1]], "x"]'
+    state = matcher.start()
+    for t in _small_tokenization(text, small_vocab):
+        assert set(allowed(matcher, state).tolist()) == brute_force(matcher, state)
+        state = matcher.advance(state, t)
+        assert state is not None
+    assert matcher.accepting(state)
+
+
+def _small_tokenization(text: str, vocab: Vocabulary) -> list[int]:
+    """Greedy longest-match tokenization of ``text`` in a small vocabulary."""
+    ids, data = [], text.encode()
+    while data:
+        best = max((i for i, b in enumerate(vocab.token_bytes) if b and data.startswith(b)),
+                   key=lambda i: len(vocab.token_bytes[i]))
+        ids.append(best)
+        data = data[len(vocab.token_bytes[best]):]
+    return ids
+
+
 def test_masks_equal_brute_force_on_smollm2_in_a_few_states(smollm2_vocab, smollm2_tokenizer):
     matcher = matcher_for("json", smollm2_vocab)
     for prefix in ['', '{"a', '{"a": [1', '{"a": [1, tr', '[{"x": "y"}', '[{"x": "y"} ']:

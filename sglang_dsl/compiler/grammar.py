@@ -25,10 +25,12 @@ string. Recursion is fine: the parser stack is unbounded.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ MAX_CONFIGURATIONS = 64  # parallel lexing/parsing hypotheses kept per state (ea
 MAX_LEXER_STATES = 50_000
 CACHE_ITEMS = 2048  # masks kept per matcher (each V/8 bytes); other per-stack caches are cleared past 64x this
 MAX_MASK_DEPTH = 4  # configurations whose masks are computed one inside the other; deeper, tokens are walked
+_UNREAD = sys.maxsize  # lowest stack position read, when none was
 
 # lark's common.lark spells these with a look-behind, which no automaton supports: equivalent plain regexes
 _COMMON_REPLACEMENTS = {
@@ -95,7 +98,8 @@ def load_grammar(text: str) -> Grammar:
     from lark.exceptions import LarkError
 
     try:
-        parser = lark.Lark(source, parser="lalr", lexer="basic", start="start")
+        with _no_lark_collision_checks():
+            parser = lark.Lark(source, parser="lalr", lexer="basic", start="start")
     except LarkGrammarError as err:
         message = str(err).strip()
         if "conflict" in message.lower() or "collision" in message.lower():
@@ -138,6 +142,25 @@ def load_grammar(text: str) -> Grammar:
     )
 
 
+_LARK_LOCK = threading.Lock()
+
+
+@contextmanager
+def _no_lark_collision_checks():
+    """lark checks every pair of regex terminals for overlaps with interegular when it builds a lexer, its own
+    grammar-of-grammars' lexer included (once per process): 0.3 s of warnings that change nothing (our lexers
+    follow every split). lark reads the switch from a module global, so it is turned off while lark builds."""
+    import lark.lexer
+
+    with _LARK_LOCK:
+        saved = lark.lexer.has_interegular
+        lark.lexer.has_interegular = False
+        try:
+            yield
+        finally:
+            lark.lexer.has_interegular = saved
+
+
 def compile_grammar(text: str, vocab: Vocabulary) -> "GrammarMatcher":
     """A matcher for the grammar, with the mask of its start state computed (time to first mask = compile)."""
     matcher = GrammarMatcher(load_grammar(text), vocab)
@@ -149,61 +172,118 @@ def compile_grammar(text: str, vocab: Vocabulary) -> "GrammarMatcher":
 
 
 class _Parser:
-    """LALR stacks as tuples; feeding a terminal gives a new tuple (or None), cached."""
+    """LALR stacks as tuples; feeding a terminal gives a new tuple (or None), cached.
+
+    Every answer also records the lowest stack position it read: an answer found for one stack holds for every
+    stack with the same entries from that position up. ``low`` gathers that position over a larger computation
+    (`begin` / `end`), so that the matcher can key a mask by the part of the stack it depends on."""
 
     def __init__(self, grammar: Grammar):
         self.g = grammar
         self.names = [t.name for t in grammar.terminals]
-        self._feed: dict[tuple, tuple | None] = {}
-        self._acceptable: dict[tuple, frozenset[int]] = {}
-        self._end: dict[tuple, bool] = {}
+        self.low = _UNREAD
+        self._feed: dict[tuple, tuple] = {}
+        self._acceptable: dict[tuple, tuple] = {}
+        self._end: dict[tuple, tuple] = {}
 
     def clear(self) -> None:
         self._feed.clear()
         self._acceptable.clear()
         self._end.clear()
 
+    def begin(self) -> int:
+        """Start measuring the lowest position read; returns what to hand to `end`."""
+        saved, self.low = self.low, _UNREAD
+        return saved
+
+    def end(self, saved: int) -> int:
+        """The lowest position read since the matching `begin` (which the enclosing measurement also gets)."""
+        low = self.low
+        self.low = min(saved, low)
+        return low
+
+    def note(self, low: int) -> None:
+        if low < self.low:
+            self.low = low
+
     def feed(self, stack: tuple, terminal: int) -> tuple | None:
         key = (stack, terminal)
-        if key not in self._feed:
-            self._feed[key] = self._run(stack, self.names[terminal])
-        return self._feed[key]
+        found = self._feed.get(key)
+        if found is None:
+            found = self._feed[key] = self._run(stack, self.names[terminal])
+        self.note(found[1])
+        return found[0]
 
-    def _run(self, stack: tuple, symbol: str, end: bool = False):
+    def _run(self, stack: tuple, symbol: str, end: bool = False) -> tuple[tuple | None, int]:
+        """The stack after ``symbol`` (or None), and the lowest position read."""
         actions = self.g.actions
+        low = len(stack) - 1
         while True:
             action = actions[stack[-1]].get(symbol)
             if action is None:
-                return None
+                return None, low
             shift, arg = action
             if shift:
-                return stack + (arg,)
+                return stack + (arg,), low
             size, origin = arg
             if size:
                 stack = stack[:-size]
+                low = min(low, len(stack) - 1)
             goto = actions[stack[-1]].get(origin)
             if goto is None:
-                return None
+                return None, low
             stack = stack + (goto[1],)
             if end and stack[-1] == self.g.end_state:
-                return stack
+                return stack, low
 
     def acceptable(self, stack: tuple) -> frozenset[int]:
-        out = self._acceptable.get(stack)
-        if out is None:
-            candidates = [i for i, name in enumerate(self.names) if name in self._reachable_symbols(stack)]
-            out = self._acceptable[stack] = frozenset(i for i in candidates if self.feed(stack, i) is not None)
-        return out
-
-    def _reachable_symbols(self, stack: tuple):
-        # terminals with any action in the top state, or (after reductions) further down: try them all, cheaply
-        return self.names
+        found = self._acceptable.get(stack)
+        if found is None:
+            saved = self.begin()
+            terms = frozenset(i for i in range(len(self.names)) if self.feed(stack, i) is not None)
+            found = self._acceptable[stack] = (terms, self.end(saved))
+        else:
+            self.note(found[1])
+        return found[0]
 
     def accepts_end(self, stack: tuple) -> bool:
-        out = self._end.get(stack)
-        if out is None:
-            out = self._end[stack] = self._run(stack, "$END", end=True) is not None
-        return out
+        found = self._end.get(stack)
+        if found is None:
+            result, low = self._run(stack, "$END", end=True)
+            found = self._end[stack] = (result is not None, low)
+        self.note(found[1])
+        return found[0]
+
+
+class _StackTopCache:
+    """Values computed from a parser stack, each kept under the top of the stack it read (from the lowest
+    position read up): a stack with the same top finds it, at any depth below. LRU, ``limit`` entries."""
+
+    def __init__(self, parser: _Parser, limit: int):
+        self.parser = parser
+        self.limit = limit
+        self._values: OrderedDict[tuple, Any] = OrderedDict()
+        self._depths: dict[Any, set[int]] = {}  # key -> sizes of the tops kept under it
+
+    def get(self, key, stack: tuple) -> Any:
+        """The value kept for ``key`` and a top of ``stack``, or None; its read is noted on the parser."""
+        for depth in self._depths.get(key, ()):
+            if depth <= len(stack):
+                full = (key, stack[len(stack) - depth:])
+                value = self._values.get(full)
+                if value is not None:
+                    self._values.move_to_end(full)
+                    self.parser.note(len(stack) - depth)
+                    return value
+        return None
+
+    def put(self, key, stack: tuple, low: int, value) -> None:
+        """Keep ``value``, computed for ``key`` and ``stack`` reading positions ``low`` and up."""
+        depth = len(stack) - min(low, len(stack))
+        self._depths.setdefault(key, set()).add(depth)
+        self._values[(key, stack[len(stack) - depth:])] = value
+        if len(self._values) > self.limit:
+            self._values.popitem(last=False)
 
 
 # ---- lexers -----------------------------------------------------------------------------------------------------
@@ -220,6 +300,11 @@ class _Lexer:
     complete: list[tuple[int, ...]]
     members: list[tuple]  # per state: ((terminal, terminal state), ...), which alone decides what can follow
     index: TokenIndex
+
+    @cached_property
+    def live_rows(self) -> np.ndarray:
+        """``[S + 1, 256]`` bool: the bytes that lead each state to a live one."""
+        return self.dfa.transitions != self.dfa.dead
 
 
 def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab: Vocabulary) -> _Lexer:
@@ -262,7 +347,38 @@ def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab:
 
 # ---- the matcher ------------------------------------------------------------------------------------------------
 
-Config = tuple  # (stack: tuple[int, ...], lexer id: int, lexer state: int)
+
+@dataclass(frozen=True, eq=False)
+class _Crossings:
+    """Tokens that complete a lexeme (as the terminals ``complete``) strictly inside themselves: below the
+    crossing trie ``nodes``. ``known``: those whose rest (the bytes after the node) is a token, with the packed
+    word and bit of their own id and of that rest's id; the others lie below ``walked_nodes`` and are walked."""
+
+    complete: tuple[int, ...]
+    nodes: list[int]
+    known: np.ndarray
+    known_word: np.ndarray
+    known_bit: np.ndarray
+    rest_word: np.ndarray
+    rest_bit: np.ndarray
+    walked_nodes: list[int]
+
+    @classmethod
+    def of(cls, complete: tuple, nodes: list[int], tokens: list[np.ndarray], rests: list[np.ndarray]
+           ) -> "_Crossings":
+        walked = [node for node, r in zip(nodes, rests) if (r < 0).any()]
+        tokens_a, rests_a = np.concatenate(tokens), np.concatenate(rests)
+        known, rest = tokens_a[rests_a >= 0], rests_a[rests_a >= 0]
+        return cls(complete, list(nodes), known, known >> 5, (known & 31).astype(np.uint32), rest >> 5,
+                   (rest & 31).astype(np.uint32), walked)
+
+    def rest_allowed(self, row: np.ndarray) -> np.ndarray:
+        """``[len(known)]`` bool: whether each known token's rest is set in ``row``."""
+        return ((row[self.rest_word] >> self.rest_bit) & 1).astype(bool)
+
+    def allowed(self, row: np.ndarray) -> np.ndarray:
+        """``[len(known)]`` bool: whether each known token is itself set in ``row``."""
+        return ((row[self.known_word] >> self.known_bit) & 1).astype(bool)
 
 
 class GrammarMatcher:
@@ -275,8 +391,8 @@ class GrammarMatcher:
         self.words = packed_words(vocab.size)
         self._lexers: list[_Lexer] = []
         self._lexer_ids: dict[frozenset[int], int] = {}
-        self._context: dict[tuple, int] = {}
-        self._config_masks: OrderedDict[Config, np.ndarray] = OrderedDict()
+        self._lexer_after: dict[frozenset, int] = {}  # acceptable terminals -> lexer id
+        self._config_masks = _StackTopCache(self.parser, CACHE_ITEMS)  # (lexer, state) -> mask
         self._state_masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
         self._rows: dict[tuple, np.ndarray] = {}  # lexer-state members -> tokens that stay inside the lexeme
         self._crossings: dict[tuple, list] = {}  # lexer-state members -> tokens that end the lexeme inside them
@@ -284,7 +400,7 @@ class GrammarMatcher:
         self._endings: dict[tuple, list] = {}
         self._byte_masks: dict[frozenset, np.ndarray] = {}
         self._in_progress: set = set()
-        self._subtree: dict[tuple, tuple[int, ...]] = {}
+        self._subtree = _StackTopCache(self.parser, CACHE_ITEMS)  # (trie node, lexer, state) -> token ids
         self._lock = threading.RLock()
         dups: dict[int, list[int]] = {}
         for primary, dup in vocab.trie.duplicates:
@@ -305,10 +421,10 @@ class GrammarMatcher:
 
     def _fresh(self, stack: tuple) -> Config:
         """The configuration at the start of a lexeme after ``stack``."""
-        lexer_id = self._context.get(stack)
+        acceptable = self.parser.acceptable(stack)
+        lexer_id = self._lexer_after.get(acceptable)
         if lexer_id is None:
-            terms = self.parser.acceptable(stack) | self.grammar.ignore
-            lexer_id = self._context[stack] = self._lexer(terms).id
+            lexer_id = self._lexer_after[acceptable] = self._lexer(acceptable | self.grammar.ignore).id
         return (stack, lexer_id, 0)
 
     def _after_lexeme(self, stack: tuple, lexer: _Lexer, state: int) -> list[Config]:
@@ -318,17 +434,21 @@ class GrammarMatcher:
     def _after_complete(self, stack: tuple, complete: tuple[int, ...]) -> list[Config]:
         key = (stack, complete)
         out = self._after.get(key)
-        if out is None:
-            found = []
-            for term in complete:
-                if term in self.grammar.ignore:
-                    found.append(self._fresh(stack))
-                    continue
-                nxt = self.parser.feed(stack, term)
-                if nxt is not None:
-                    found.append(self._fresh(nxt))
-            out = self._after[key] = list(dict.fromkeys(found))
-        return out
+        if out is not None:
+            self.parser.note(out[1])
+            return out[0]
+        saved = self.parser.begin()
+        found = []
+        for term in complete:
+            if term in self.grammar.ignore:
+                found.append(self._fresh(stack))
+                continue
+            nxt = self.parser.feed(stack, term)
+            if nxt is not None:
+                found.append(self._fresh(nxt))
+        configs = list(dict.fromkeys(found))
+        self._after[key] = (configs, self.parser.end(saved))
+        return configs
 
     def _ending(self, lexer: _Lexer, state: int) -> list[tuple[int, ...]]:
         """Per next byte, the terminals the lexeme may end as in ``state``. An ignored lexeme (whitespace) ends
@@ -456,62 +576,62 @@ class GrammarMatcher:
             cache.popitem(last=False)
         if len(self._after) > 64 * CACHE_ITEMS:  # stacks of a long-running server: start afresh
             self._after.clear()
-            self._context.clear()
             self.parser.clear()
 
     def _config_mask(self, config: Config) -> np.ndarray | None:
         """Tokens allowed in one configuration (packed, no EOS). None while that very mask is being computed
         further up (a cycle through the grammar) or when masks already nest `MAX_MASK_DEPTH` deep (a grammar can
         have infinitely many configurations, e.g. stacks of unary minus signs): callers then check their few
-        tokens directly."""
-        row = self._config_masks.get(config)
+        tokens directly. A mask is kept under the top of the stack it read (see `_Parser`), so that the same
+        place at another nesting depth finds it."""
+        stack, lexer_id, state = config
+        row = self._config_masks.get((lexer_id, state), stack)
         if row is not None:
             return row
         if config in self._in_progress or len(self._in_progress) >= MAX_MASK_DEPTH:
             return None
         self._in_progress.add(config)
+        saved = self.parser.begin()
         try:
-            stack, lexer_id, state = config
-            lexer = self._lexers[lexer_id]
-            row = self._inside_row(lexer, state).copy()
-            if lexer.dfa.accepting[state]:  # the lexeme may end right here: tokens that start the next one
-                by_ending: dict[tuple, list[int]] = {}
-                for b, ending in enumerate(self._ending(lexer, state)):
-                    by_ending.setdefault(ending, []).append(b)
-                for ending, first_bytes in by_ending.items():
-                    allowed_first = self._starting_with(first_bytes)
-                    for nxt in self._after_complete(stack, ending):
-                        sub = self._config_mask(nxt)  # fresh configurations: never a cycle back to this one
-                        row |= (sub if sub is not None else self._mask_by_walking(nxt)) & allowed_first
-            found: list[np.ndarray] = []
-            looping: list[tuple[np.ndarray, np.ndarray]] = []  # crossings that lead back to this configuration
-            for complete, nodes, starts, tokens, suffixes, by_length in self._crossings_of(lexer, state):
-                for nxt in self._after_complete(stack, complete):
-                    if nxt == config:  # e.g. an ignored space before anything: resolved below, shortest first
-                        looping.append(by_length)
-                        unknown = suffixes < 0
-                        if unknown.any():  # rests that are no token: walked (that needs no mask)
-                            for node in self._nodes_of(nodes, starts, unknown):
-                                found.append(np.asarray(self._subtree_tokens(node, nxt), dtype=np.int64))
-                        continue
-                    sub = self._config_mask(nxt)
-                    if sub is None:  # a cycle or too deep: walk the trie below each crossing node
-                        for node in nodes.tolist():
-                            found.append(np.asarray(self._subtree_tokens(node, nxt), dtype=np.int64))
-                        continue
-                    # the rest of the token is (almost always) a token itself: look it up in nxt's mask
-                    known = suffixes >= 0
-                    found.append(tokens[known & _bits(sub, suffixes)])
-                    unknown = ~known
-                    if unknown.any():
-                        for node in self._nodes_of(nodes, starts, unknown):
-                            found.append(np.asarray(self._subtree_tokens(node, nxt), dtype=np.int64))
-            _set_bits(row, found)
-            if looping:
-                self._resolve_loops(row, looping)
+            row = self._compute_mask(config)
         finally:
             self._in_progress.discard(config)
-        self._remember(self._config_masks, config, row)
+            low = self.parser.end(saved)
+        self._config_masks.put((lexer_id, state), stack, low, row)
+        return row
+
+    def _compute_mask(self, config: Config) -> np.ndarray:
+        stack, lexer_id, state = config
+        lexer = self._lexers[lexer_id]
+        row = self._inside_row(lexer, state).copy()
+        if lexer.dfa.accepting[state]:  # the lexeme may end right here: tokens that start the next one
+            by_ending: dict[tuple, list[int]] = {}
+            for b, ending in enumerate(self._ending(lexer, state)):
+                by_ending.setdefault(ending, []).append(b)
+            for ending, first_bytes in by_ending.items():
+                allowed_first = self._starting_with(first_bytes)
+                for nxt in self._after_complete(stack, ending):
+                    sub = self._config_mask(nxt)  # fresh configurations: never a cycle back to this one
+                    row |= (sub if sub is not None else self._mask_by_walking(nxt)) & allowed_first
+        found: list[np.ndarray] = []
+        looping: list[_Crossings] = []  # crossings that lead back to this configuration
+        for group in self._crossings_of(lexer, state):
+            for nxt in self._after_complete(stack, group.complete):
+                if nxt == config:  # e.g. an ignored space before anything: resolved below, shortest first
+                    looping.append(group)
+                    walked = group.walked_nodes  # rests that are no token: walked (that needs no mask)
+                else:
+                    sub = self._config_mask(nxt)
+                    if sub is None:  # a cycle or too deep: walk the trie below each crossing node
+                        walked = group.nodes
+                    else:  # the rest of the token is (almost always) a token itself: look it up in nxt's mask
+                        found.append(group.known[group.rest_allowed(sub)])
+                        walked = group.walked_nodes
+                for node in walked:
+                    found.append(self._subtree_tokens(node, nxt))
+        _set_bits(row, found)
+        if looping:
+            self._resolve_loops(row, looping)
         return row
 
     def _starting_with(self, first_bytes: list[int]) -> np.ndarray:
@@ -538,15 +658,13 @@ class GrammarMatcher:
             row = self._rows[key] = lexer.index.row(state)
         return row
 
-    def _crossings_of(self, lexer: _Lexer, state: int) -> list:
-        """Tokens that complete the lexeme strictly inside themselves, grouped by the completed terminals: for
-        each group (completed terminals, crossing trie nodes, where each node's tokens start in the arrays, token
-        ids, ids of the rest of each token or -1)."""
+    def _crossings_of(self, lexer: _Lexer, state: int) -> list["_Crossings"]:
+        """Tokens that complete the lexeme strictly inside themselves, grouped by the completed terminals."""
         key = lexer.members[state]
         found = self._crossings.get(key)
         if found is not None:
             return found
-        groups: dict[tuple, tuple[list, list, list, list]] = {}
+        groups: dict[tuple, tuple[list, list, list]] = {}
         nodes, ends = lexer.index.accepting_nodes(state)
         for node, end in zip(nodes.tolist(), ends.tolist()):
             tokens, suffixes, first = self.vocab.rests(node)
@@ -555,21 +673,11 @@ class GrammarMatcher:
                 t, sf = tokens[sel], suffixes[sel]
                 if not t.size:
                     continue
-                g_nodes, g_starts, g_tokens, g_suffixes = groups.setdefault(ending, ([], [], [], []))
+                g_nodes, g_tokens, g_suffixes = groups.setdefault(ending, ([], [], []))
                 g_nodes.append(node)
-                g_starts.append(sum(x.size for x in g_tokens))
                 g_tokens.append(t)
                 g_suffixes.append(sf)
-        found = []
-        for complete, (n, st, t, sf) in groups.items():
-            tokens, suffixes = np.concatenate(t), np.concatenate(sf)
-            order = np.argsort(self.vocab.lengths[tokens], kind="stable")  # for `_resolve_loops`
-            lengths = self.vocab.lengths[tokens[order]]
-            runs = np.flatnonzero(np.diff(lengths)) + 1
-            by_length = (tokens[order], suffixes[order], np.concatenate([[0], runs, [lengths.size]]))
-            found.append((complete, np.array(n, dtype=np.int64), np.array(st, dtype=np.int64), tokens, suffixes,
-                          by_length))
-        self._crossings[key] = found
+        found = self._crossings[key] = [_Crossings.of(complete, n, t, sf) for complete, (n, t, sf) in groups.items()]
         return found
 
     def _ending_groups(self, lexer: _Lexer, state: int) -> list[tuple[tuple, np.ndarray | None]]:
@@ -593,41 +701,33 @@ class GrammarMatcher:
         return out
 
     @staticmethod
-    def _nodes_of(nodes: np.ndarray, starts: np.ndarray, selected: np.ndarray) -> list[int]:
-        """The crossing nodes of the selected entries of a group."""
-        return np.unique(nodes[np.searchsorted(starts, np.nonzero(selected)[0], "right") - 1]).tolist()
+    def _resolve_loops(row: np.ndarray, looping: list[_Crossings]) -> None:
+        """Tokens whose rest must be allowed by this very mask: added until none is left to add (each rest is
+        shorter than its token, so this ends). (Rests that are no token were walked by the caller.)"""
+        while True:
+            added = [g.known[g.rest_allowed(row) & ~g.allowed(row)] for g in looping]
+            if not any(a.size for a in added):
+                return
+            _set_bits(row, added)
 
-    def _resolve_loops(self, row: np.ndarray, looping: list) -> None:
-        """Tokens whose rest must be allowed by this very mask: decided shortest first, each by its rest (a
-        shorter token, already decided). (Rests that are no token were walked by the caller.)"""
-        if len(looping) > 1:  # several groups loop back: merge them by length
-            tokens = np.concatenate([g[0] for g in looping])
-            suffixes = np.concatenate([g[1] for g in looping])
-            order = np.argsort(self.vocab.lengths[tokens], kind="stable")
-            tokens, suffixes = tokens[order], suffixes[order]
-            lengths = self.vocab.lengths[tokens]
-            bounds = np.concatenate([[0], np.flatnonzero(np.diff(lengths)) + 1, [lengths.size]])
-        else:
-            tokens, suffixes, bounds = looping[0]
-        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            t, sf = tokens[lo:hi], suffixes[lo:hi]
-            ok = _bits(row, sf)
-            if ok.any():
-                _set_bits(row, [t[ok]])
-
-    def _subtree_tokens(self, node: int, config: Config) -> tuple[int, ...]:
+    def _subtree_tokens(self, node: int, config: Config) -> np.ndarray:
         """Tokens strictly below trie ``node`` whose bytes after the node can be read from ``config``."""
-        key = (node, config)
-        found = self._subtree.get(key)
+        found = self._subtree.get((node, config[1], config[2]), config[0])
         if found is not None:
             return found
+        saved = self.parser.begin()
         trie = self.vocab.trie
         out: list[int] = []
         stack = [(node, frozenset({config}))]
         while stack:
             parent, configs = stack.pop()
             first, count = int(trie.first_child[parent]), int(trie.num_children[parent])
-            for child in range(first, first + count):
+            children = range(first, first + count)
+            if count > 16:  # many children (a space, a quote ...): keep those whose byte can be read at all
+                live = self._live_bytes(configs)
+                if live is not None:
+                    children = (np.flatnonzero(live[trie.node_byte[first:first + count]]) + first).tolist()
+            for child in children:
                 nxt = self._step(configs, int(trie.node_byte[child]))
                 if not nxt:
                     continue
@@ -637,20 +737,25 @@ class GrammarMatcher:
                     out.extend(self._duplicates.get(token, ()))
                 if trie.num_children[child]:
                     stack.append((child, frozenset(nxt)))
-        found = self._subtree[key] = tuple(out)
-        if len(self._subtree) > CACHE_ITEMS:
-            self._subtree.clear()
+        found = np.array(out, dtype=np.int64)
+        self._subtree.put((node, config[1], config[2]), config[0], self.parser.end(saved), found)
         return found
+
+    def _live_bytes(self, configs) -> np.ndarray | None:
+        """``[256]`` bool: the bytes that continue a lexeme of some configuration; None where a lexeme may end
+        (then a new one starts, and any byte may do)."""
+        live = None
+        for _, lexer_id, state in configs:
+            lexer = self._lexers[lexer_id]
+            if lexer.dfa.accepting[state]:
+                return None
+            row = lexer.live_rows[state]
+            live = row if live is None else live | row
+        return live
 
     @property
     def num_lexers(self) -> int:
         return len(self._lexers)
-
-
-def _bits(row: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Whether each token id (>= 0; negative ids read as False) is set in a packed row."""
-    safe = np.where(ids >= 0, ids, 0)
-    return (ids >= 0) & (((row[safe >> 5] >> (safe & 31).astype(np.uint32)) & 1) == 1)
 
 
 def _set_bits(row: np.ndarray, groups: list[np.ndarray]) -> None:

@@ -44,6 +44,7 @@ class TokenIndex:
     masks: np.ndarray  # uint32 [S, W]
     ready: np.ndarray  # bool [S]: row computed
     eos: bool = True  # set the EOS bits of accepting states
+    _crossings: dict = field(default_factory=dict, repr=False)  # state -> `accepting_nodes`
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -126,7 +127,13 @@ class TokenIndex:
     def accepting_nodes(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """Trie nodes below the root whose bytes, read from ``state``, end in an accepting state and that have
         children (proper prefixes of longer tokens), with those end states: where a token can cross from one
-        match into whatever follows it."""
+        match into whatever follows it. (Found along with the state's row when that is computed alone.)"""
+        found = self._crossings.get(state)
+        if found is None:
+            found = self._crossings[state] = self._accepting_nodes(state)
+        return found
+
+    def _accepting_nodes(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         trie = self.vocab.trie
         table = self._flat_table
         dead = self.dfa.dead
@@ -164,6 +171,7 @@ class TokenIndex:
         out = np.zeros((states.size, packed_words(v) * 4), dtype=np.uint8)
         dead = self.dfa.dead
         table = self._flat_table
+        accepting = self.dfa.accepting
         node_byte, first_child, num_children, node_token = (
             trie.node_byte, trie.first_child, trie.num_children, trie.node_token)
         # states in chunks sized so that a dense chunk stays within _CHUNK_PAIRS pairs per level
@@ -174,6 +182,7 @@ class TokenIndex:
             rows = np.arange(chunk.size, dtype=np.int64)
             nodes = np.zeros(chunk.size, dtype=np.int64)
             current = chunk.astype(np.int64)
+            crossings: list = []
             while rows.size:
                 counts = num_children[nodes]
                 total = int(counts.sum())
@@ -188,18 +197,24 @@ class TokenIndex:
                 tokens = node_token[nodes]
                 has = tokens >= 0
                 allowed[rows[has], tokens[has]] = True
+                if chunk.size == 1:  # the crossing nodes come for free
+                    hit = accepting[current] & (num_children[nodes] > 0)
+                    crossings.append((nodes[hit], current[hit]))
                 if ends is not None and has.any():
                     ends.append((rows[has] + start, tokens[has], current[has]))
+            if chunk.size == 1:
+                self._crossings[int(chunk[0])] = (
+                    np.concatenate([c[0] for c in crossings] or [np.zeros(0, np.int64)]),
+                    np.concatenate([c[1] for c in crossings] or [np.zeros(0, np.int64)]))
             for primary, dup in trie.duplicates:
                 allowed[:, dup] = allowed[:, primary]
                 if ends is not None:
                     hit = np.nonzero(allowed[:, primary])[0]
                     if hit.size:
                         ends.append((hit + start, np.full(hit.size, dup), None))
-            accepting = self.dfa.accepting[chunk]
             for eos in vocab.eos_token_ids if self.eos else ():
                 if 0 <= eos < v:
-                    allowed[:, eos] = accepting
+                    allowed[:, eos] = accepting[chunk]
             out[start : start + chunk.size, : (v + 7) // 8] = np.packbits(allowed, axis=1, bitorder="little")
         return out.view("<u4").astype(np.uint32, copy=False)
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from sglang_dsl.compiler.fork_prefix import committed_prefix, shared_head
-from sglang_dsl.ir import interpret
+from sglang_dsl.compiler.codec import CHARACTERS
+from sglang_dsl.compiler.fork_prefix import branch_heads, committed_prefix, shared_head
+from sglang_dsl.ir import Fork, interpret
 from sglang_dsl.lang.function import function
+from sglang_dsl.lang.planned_batch import plan_for
 from sglang_dsl.lang.primitives import gen
 from tiny_models import word_runtime
 
@@ -58,6 +60,27 @@ def test_committed_prefix_is_the_stable_common_start_of_the_branch_prompts(runti
     assert committed_prefix(codec, "w1 w2", [" w7", " w8"]) == "w1 w2"
     assert committed_prefix(codec, "w1 w2", []) == "w1 w2"
     assert shared_head(heads) == " w7 w8 w9 w2" and shared_head([]) == ""
+    # where a backend's tokens split the heads is unknown at character granularity: the stream's text only
+    assert committed_prefix(CHARACTERS, "w1 w2", heads) == "w1 w2"
+
+
+@function
+def labelled(s, question, label):
+    s += question + gen("x", max_tokens=1)
+    forks = s.fork(2)
+    forks += lambda i: " w7 " + label + f" w{20 + i} " + s["x"] + gen("idea", max_tokens=1)
+
+
+def test_branch_heads_read_strings_and_given_arguments_up_to_a_generated_value():
+    graph = labelled.trace()
+    fork = next(node for node in graph if isinstance(node, Fork))
+    assert branch_heads(graph, fork) == [" w7 ", " w7 "]
+    assert branch_heads(graph, fork, {"label": "w9"}) == [" w7 w9 w20 ", " w7 w9 w21 "]
+
+
+def test_the_batch_plan_predicts_the_fork_commit_with_its_shared_head(runtime):
+    plan = plan_for(approaches, [{"question": QUESTION}, {"question": "w40 w41"}], runtime)
+    assert [instance.prompt_tokens for instance in plan.instances] == [10 + 3, 2 + 3]
 
 
 def test_text_all_branches_start_with_is_prefilled_once(runtime):
@@ -82,10 +105,11 @@ def test_the_graph_interpreter_commits_the_shared_head_too(runtime):
 
 
 def test_a_branch_taken_alone_first_commits_the_stream_text(runtime):
-    """Iterating the branches tells nothing of what they will append: the fork commits the question only."""
-    computed, state = prefilled(runtime, lambda: one_at_a_time.run(question=QUESTION, backend=runtime))
-    assert [meta["cached_tokens"] for meta in _branch_metas(state)] == [10, 10, 10]
-    assert computed == 10 + 3 * 4
+    """Iterating the branches tells nothing of what they will append: the fork commits the question only (the
+    first branch to run finds just that cached; a later one may find what an earlier one computed)."""
+    _, state = prefilled(runtime, lambda: one_at_a_time.run(question=QUESTION, backend=runtime))
+    hits = sorted(meta["cached_tokens"] for meta in _branch_metas(state))
+    assert hits[0] == 10 and set(hits) <= {10, 13}
 
 
 def _branch_metas(state) -> list[dict]:

@@ -1,11 +1,12 @@
 """Batch planning for ``run_batch``: compute every prefix the batch shares once, in an order the cache keeps.
 
 `plan_batch` binds each instance's arguments into the traced graph (`prefix.bound_prefix`): the text before its
-first request. The prompts, as token ids, form a trie; every trie node where instances part ways after sharing
-at least ``min_shared_tokens`` more tokens than their enclosing group is a `SharedPrefix`, prefilled once
-(``Backend.cache_prefix``) before its instances run. The plan's `BatchPlan.order` walks the trie depth-first,
-subgroups with the longest shared prefix first, so a group's prefix is used while it is cached and a batch larger
-than the KV pool finishes one subtree before the next evicts it.
+first request (when that is a fork's commit, with the head the branches share, `fork_prefix`). The prompts, as
+token ids, form a trie; every trie node where instances part ways after sharing at least ``min_shared_tokens``
+more tokens than their enclosing group is a `SharedPrefix`, prefilled once (``Backend.cache_prefix``) before its
+instances run. The plan's `BatchPlan.order` walks the trie depth-first, subgroups with the longest shared prefix
+first, so a group's prefix is used while it is cached and a batch larger than the KV pool finishes one subtree
+before the next evicts it.
 
 A shared prefix must survive re-tokenization: its text, decoded from the trie's ids, must encode to exactly those
 ids (else it is shortened until it does), so prefilling the text caches tokens the instances' prompts start
@@ -22,6 +23,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 
 from sglang_dsl.compiler.choice_methods import common_length
 from sglang_dsl.compiler.codec import CHARACTERS, PromptCodec, stable_prefix
+from sglang_dsl.compiler.fork_prefix import branch_heads, committed_prefix
 from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import bound_prefix
 from sglang_dsl.ir.graph import Graph
@@ -114,8 +116,12 @@ def plan_batch(graph: Graph, batch: Sequence[Mapping[str, Any]], codec: PromptCo
     prompts: list[tuple[int, ...]] = []
     for arguments in batch:
         info = bound_prefix(graph, arguments, template=template)
-        ids = tuple(codec.encode(info.text)) if info.text else ()
-        whole = info.end is not None and isinstance(graph[info.end], (Gen, Select, Fork))
+        end = graph[info.end] if info.end is not None else None
+        text = info.text
+        if isinstance(end, Fork) and end.n > 1:  # the fork commits its branches' shared head too
+            text = committed_prefix(codec, text, branch_heads(graph, end, arguments))
+        ids = tuple(codec.encode(text)) if text else ()
+        whole = isinstance(end, (Gen, Select, Fork))
         requests.append(info.end if whole else None)
         prompts.append(ids if whole else ids[:-1])
     builder = _Builder(prompts, codec, page_size, min_shared_tokens)

@@ -25,12 +25,12 @@ from sglang_dsl.compiler.choice_methods import METHODS_BY_NAME
 from sglang_dsl.compiler.codec import PromptCodec
 from sglang_dsl.compiler.constraint import ConstraintCompiler
 from sglang_dsl.compiler.constraint_plan import ConstraintPlan, plan_constraints
-from sglang_dsl.compiler.fork_prefix import shared_head
+from sglang_dsl.compiler.fork_prefix import branch_heads, shared_head
 from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import PrefixInfo, constant_prefix
 from sglang_dsl.compiler.segments import Segment, mark_segments
 from sglang_dsl.ir.graph import Graph
-from sglang_dsl.ir.nodes import Fork, Gen, Join, Select, Text
+from sglang_dsl.ir.nodes import Fork, Gen, Join, Select
 
 
 @dataclass(frozen=True)
@@ -120,28 +120,13 @@ def plan_forks(graph: Graph) -> tuple[ForkPlan, ...]:
     joins = {node.fork: node for node in graph if isinstance(node, Join)}
     plans = []
     for fork in (node for node in graph if isinstance(node, Fork)):
-        heads = [_branch_head(graph, branch) for branch in fork.branches]
-        shared = shared_head([text for text, _ in heads])
+        calls = tuple(next((n.name for n in graph.stream_nodes(branch) if isinstance(n, (Gen, Select))), None)
+                      for branch in fork.branches)
         join = joins.get(fork.name)
-        plans.append(ForkPlan(fork.name, fork.stream, fork.n, fork.n > 1, shared,
-                              tuple(call for _, call in heads), join.name if join else None,
-                              join.mode if join else None, join.vars if join else ()))
+        plans.append(ForkPlan(fork.name, fork.stream, fork.n, fork.n > 1, shared_head(branch_heads(graph, fork)),
+                              calls, join.name if join else None, join.mode if join else None,
+                              join.vars if join else ()))
     return tuple(plans)
-
-
-def _branch_head(graph: Graph, branch: str) -> tuple[str, str | None]:
-    """The constant text a branch appends before its first non-text node, and its first model call."""
-    text, constant = "", True
-    call = next((n.name for n in graph.stream_nodes(branch) if isinstance(n, (Gen, Select))), None)
-    for node in graph.stream_nodes(branch):
-        if not (isinstance(node, Text) and constant):
-            break
-        for part in node.parts:
-            if not isinstance(part, str):
-                constant = False
-                break
-            text += part
-    return text, call
 
 
 def plan_selects(graph: Graph, codec: PromptCodec | None = None) -> tuple[SelectPlan, ...]:

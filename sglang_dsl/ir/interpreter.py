@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from sglang_dsl.compiler.fork_prefix import branch_heads
 from sglang_dsl.ir.graph import Graph, GraphError
 from sglang_dsl.ir.nodes import (
     MAIN, Boundary, Fork, Gen, Image, Join, Node, Placeholder, Ref, RoleBegin, RoleEnd, ScopeBegin, ScopeEnd,
@@ -104,24 +105,11 @@ class Interpreter:
 
     def fork(self, node: Fork) -> None:
         group = self.states[node.stream].fork(node.n)
-        group.commit_prefix([self.branch_head(branch) for branch in node.branches])
+        group.commit_prefix(branch_heads(self.graph, node, self.arguments))
         self.groups[node.name] = group
         for branch, state in zip(node.branches, group):
             self.states[branch] = state
             self.writers[branch] = dict(self.writers[node.stream])
-
-    def branch_head(self, branch: str) -> str:
-        """The text ``branch`` appends before its first node that is not text, as far as it is known at the fork
-        (strings and arguments; a generated value ends it)."""
-        head = ""
-        for node in self.graph.stream_nodes(branch):
-            if not isinstance(node, Text):
-                break
-            for part in node.parts:
-                if not (isinstance(part, str) or isinstance(self.graph[part.node], Placeholder)):
-                    return head
-                head += part if isinstance(part, str) else str(self.value(part))
-        return head
 
     def join(self, node: Join) -> None:
         self.groups.pop(node.fork).join(node.mode)

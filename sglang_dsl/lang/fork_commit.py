@@ -5,14 +5,14 @@ share when it is known.
 (``forks += lambda i: f"Approach {i}:" + gen(...)``). The branches' group commits on its first use instead:
 its ``+=`` knows every branch's expression, so the commit extends the stream's text with the tokens their heads
 share (`sglang_dsl.compiler.fork_prefix`); any other first use (a branch taken alone, iterating the group)
-commits the stream's text as it was at the fork. Without a prompt codec (a backend that does not say how it
-tokenizes) or with images in the prompt, the heads are not used.
+commits the stream's text as it was at the fork. With images in the prompt, the heads are not used.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from sglang_dsl.compiler.codec import CHARACTERS
 from sglang_dsl.compiler.fork_prefix import committed_prefix
 from sglang_dsl.lang.exprs import Expr, Text
 
@@ -36,9 +36,8 @@ class ForkCommit:
         from backends.base import Prompt
 
         text = self._text
-        codec = self._parent.backend.prompt_codec() if heads is not None and not self._images else None
-        if codec is not None:
-            text = committed_prefix(codec, text, heads)
+        if heads is not None and not self._images:
+            text = committed_prefix(self._parent.backend.prompt_codec() or CHARACTERS, text, heads)
         if text:
             self._parent.cache_prefix(Prompt(text, self._images), f"fork({self._size})")
 

@@ -242,6 +242,18 @@ def test_smollm2_vocabulary_maps_tokens_to_bytes(smollm2_vocab, smollm2_tokenize
     assert gpt2_unicode_to_bytes()["Ġ"] == 32 and gpt2_unicode_to_bytes()["Ċ"] == 10
 
 
+def test_rests_below_a_trie_node_are_the_tokens_spelling_what_follows():
+    vocab = Vocabulary.from_strings([None, "a", "ab", "abc", "bc", "c", "ab", "abd", "b", "x"]).prepare()
+    trie = vocab.trie
+    node_a = int(trie.first_child[0])  # children of the root in byte order: a, b, c, x
+    assert trie.prefix(node_a) == b"a"
+    tokens, rests, first = vocab.rests(node_a)
+    got = sorted(zip(tokens.tolist(), rests.tolist(), first.tolist()))
+    # ab -> "b" (8), abc -> "bc" (4), ab (duplicate) -> "b", abd -> "bd" (no token)
+    assert got == [(2, 8, ord("b")), (3, 4, ord("b")), (6, 8, ord("b")), (7, -1, ord("b"))]
+    assert vocab.rests(int(trie.first_child[0]) + 3)[0].size == 0  # "x" has nothing below
+
+
 def test_sentencepiece_vocabulary_maps_metaspace_and_byte_fallback(sentencepiece_tokenizer):
     vocab = Vocabulary.from_tokenizer(sentencepiece_tokenizer)
     assert vocab.kind == "sentencepiece"

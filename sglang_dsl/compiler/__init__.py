@@ -19,7 +19,8 @@ Constraints (no torch here; the runtime applies the masks, see docs/constraints.
 - ``token_index``: per DFA state, the packed bitmask of allowed tokens;
 - ``json_schema`` / ``numeric_ranges``: JSON Schema (dict, JSON text, pydantic) -> regex, exact numeric bounds;
 - ``choices``: ``choices=[...]`` and ``dtype=int|float|str|bool`` -> regex (``gen_constraint``);
-- ``grammar``: lark EBNF / GBNF -> incremental lexer + LALR matcher with cached masks;
+- ``grammar``: lark EBNF / GBNF -> incremental lexer + LALR matcher with cached masks (``lalr_stack``: its
+  parser stacks, and masks kept under the top of the stack they read);
 - ``matcher`` / ``constraint``: the matcher protocol the runtime drives, and the compiler with its memory and
   disk caches keyed by (constraint, tokenizer).
 """

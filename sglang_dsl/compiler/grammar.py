@@ -14,9 +14,14 @@ pipeline. Decoding then runs an incremental lexer + parser of our own:
   the lexer DFA's token index, computed once per (lexer, state) and shared by every context; plus (2) tokens that
   cross a lexeme boundary: the trie nodes where the lexeme can end are found once per (lexer, state); at each the
   parser is advanced by the completed terminal (a few table lookups, cached per stack) and only the tokens below
-  that node are checked further. A boundary at the very start of a token (the lexeme is already complete) reuses
-  the next configuration's own mask. The parser is never copied per vocabulary token. Masks are cached per
-  configuration and per state.
+  that node are checked further: the rest of the token after the node, when it is a token itself, is looked up
+  in the next configuration's mask; rests that are no token are walked down the trie (bytes no lexeme can read
+  skipped). A boundary at the very start of a token (the lexeme is already complete) reuses the next
+  configuration's own mask. The parser is never copied per vocabulary token.
+* **Caches.** Masks are cached per state, and per configuration under (lexer, lexer state, the top of the stack
+  the mask read): the parser records the lowest stack position each answer read (`lalr_stack.py`), so the same
+  place in a JSON object at another nesting depth finds the mask again, as long as no token can close a bracket
+  below that top (``}}`` reads two levels, for instance).
 
 Grammars must be LALR(1) at the terminal level (lark reports conflicts) and terminals must not match the empty
 string. Recursion is fine: the parser stack is unbounded.
@@ -25,7 +30,6 @@ string. Recursion is fine: the parser stack is unbounded.
 from __future__ import annotations
 
 import re
-import sys
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -37,6 +41,7 @@ import numpy as np
 
 from sglang_dsl.compiler.automaton import ByteDFA, regex_to_dfa
 from sglang_dsl.compiler.errors import ConstraintError, GrammarError
+from sglang_dsl.compiler.lalr_stack import LalrStacks, StackTopCache
 from sglang_dsl.compiler.token_index import TokenIndex, packed_words
 from sglang_dsl.compiler.vocabulary import Vocabulary
 
@@ -44,7 +49,6 @@ MAX_CONFIGURATIONS = 64  # parallel lexing/parsing hypotheses kept per state (ea
 MAX_LEXER_STATES = 50_000
 CACHE_ITEMS = 2048  # masks kept per matcher (each V/8 bytes); other per-stack caches are cleared past 64x this
 MAX_MASK_DEPTH = 4  # configurations whose masks are computed one inside the other; deeper, tokens are walked
-_UNREAD = sys.maxsize  # lowest stack position read, when none was
 
 # lark's common.lark spells these with a look-behind, which no automaton supports: equivalent plain regexes
 _COMMON_REPLACEMENTS = {
@@ -168,124 +172,6 @@ def compile_grammar(text: str, vocab: Vocabulary) -> "GrammarMatcher":
     return matcher
 
 
-# ---- the parser -------------------------------------------------------------------------------------------------
-
-
-class _Parser:
-    """LALR stacks as tuples; feeding a terminal gives a new tuple (or None), cached.
-
-    Every answer also records the lowest stack position it read: an answer found for one stack holds for every
-    stack with the same entries from that position up. ``low`` gathers that position over a larger computation
-    (`begin` / `end`), so that the matcher can key a mask by the part of the stack it depends on."""
-
-    def __init__(self, grammar: Grammar):
-        self.g = grammar
-        self.names = [t.name for t in grammar.terminals]
-        self.low = _UNREAD
-        self._feed: dict[tuple, tuple] = {}
-        self._acceptable: dict[tuple, tuple] = {}
-        self._end: dict[tuple, tuple] = {}
-
-    def clear(self) -> None:
-        self._feed.clear()
-        self._acceptable.clear()
-        self._end.clear()
-
-    def begin(self) -> int:
-        """Start measuring the lowest position read; returns what to hand to `end`."""
-        saved, self.low = self.low, _UNREAD
-        return saved
-
-    def end(self, saved: int) -> int:
-        """The lowest position read since the matching `begin` (which the enclosing measurement also gets)."""
-        low = self.low
-        self.low = min(saved, low)
-        return low
-
-    def note(self, low: int) -> None:
-        if low < self.low:
-            self.low = low
-
-    def feed(self, stack: tuple, terminal: int) -> tuple | None:
-        key = (stack, terminal)
-        found = self._feed.get(key)
-        if found is None:
-            found = self._feed[key] = self._run(stack, self.names[terminal])
-        self.note(found[1])
-        return found[0]
-
-    def _run(self, stack: tuple, symbol: str, end: bool = False) -> tuple[tuple | None, int]:
-        """The stack after ``symbol`` (or None), and the lowest position read."""
-        actions = self.g.actions
-        low = len(stack) - 1
-        while True:
-            action = actions[stack[-1]].get(symbol)
-            if action is None:
-                return None, low
-            shift, arg = action
-            if shift:
-                return stack + (arg,), low
-            size, origin = arg
-            if size:
-                stack = stack[:-size]
-                low = min(low, len(stack) - 1)
-            goto = actions[stack[-1]].get(origin)
-            if goto is None:
-                return None, low
-            stack = stack + (goto[1],)
-            if end and stack[-1] == self.g.end_state:
-                return stack, low
-
-    def acceptable(self, stack: tuple) -> frozenset[int]:
-        found = self._acceptable.get(stack)
-        if found is None:
-            saved = self.begin()
-            terms = frozenset(i for i in range(len(self.names)) if self.feed(stack, i) is not None)
-            found = self._acceptable[stack] = (terms, self.end(saved))
-        else:
-            self.note(found[1])
-        return found[0]
-
-    def accepts_end(self, stack: tuple) -> bool:
-        found = self._end.get(stack)
-        if found is None:
-            result, low = self._run(stack, "$END", end=True)
-            found = self._end[stack] = (result is not None, low)
-        self.note(found[1])
-        return found[0]
-
-
-class _StackTopCache:
-    """Values computed from a parser stack, each kept under the top of the stack it read (from the lowest
-    position read up): a stack with the same top finds it, at any depth below. LRU, ``limit`` entries."""
-
-    def __init__(self, parser: _Parser, limit: int):
-        self.parser = parser
-        self.limit = limit
-        self._values: OrderedDict[tuple, Any] = OrderedDict()
-        self._depths: dict[Any, set[int]] = {}  # key -> sizes of the tops kept under it
-
-    def get(self, key, stack: tuple) -> Any:
-        """The value kept for ``key`` and a top of ``stack``, or None; its read is noted on the parser."""
-        for depth in self._depths.get(key, ()):
-            if depth <= len(stack):
-                full = (key, stack[len(stack) - depth:])
-                value = self._values.get(full)
-                if value is not None:
-                    self._values.move_to_end(full)
-                    self.parser.note(len(stack) - depth)
-                    return value
-        return None
-
-    def put(self, key, stack: tuple, low: int, value) -> None:
-        """Keep ``value``, computed for ``key`` and ``stack`` reading positions ``low`` and up."""
-        depth = len(stack) - min(low, len(stack))
-        self._depths.setdefault(key, set()).add(depth)
-        self._values[(key, stack[len(stack) - depth:])] = value
-        if len(self._values) > self.limit:
-            self._values.popitem(last=False)
-
-
 # ---- lexers -----------------------------------------------------------------------------------------------------
 
 
@@ -322,16 +208,20 @@ def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab:
         row = np.full(256, -1, dtype=np.int64)
         nexts = np.stack([dfas[k].transitions[s] for k, s in members]) if members else np.zeros((0, 256), np.int64)
         alive = nexts != np.array([dfas[k].dead for k, _ in members])[:, None] if members else nexts.astype(bool)
-        for b in np.nonzero(alive.any(axis=0))[0].tolist():
-            target = tuple((members[j][0], int(nexts[j, b])) for j in np.nonzero(alive[:, b])[0].tolist())
-            state = states.get(target)
-            if state is None:
-                state = states[target] = len(order)
-                order.append(target)
-                if len(order) > MAX_LEXER_STATES:
-                    raise GrammarError(f"the terminals {', '.join(grammar.terminals[t].name for t in terms)} "
-                                       f"make a lexer of more than {MAX_LEXER_STATES} states")
-            row[b] = state
+        live = np.flatnonzero(alive.any(axis=0))
+        if live.size:  # bytes with the same next (terminal, state) pairs lead to the same lexer state
+            columns, which = np.unique(np.where(alive, nexts, -1)[:, live].T, axis=0, return_inverse=True)
+            which = which.reshape(-1)
+            for u, column in enumerate(columns.tolist()):
+                target = tuple((members[j][0], c) for j, c in enumerate(column) if c >= 0)
+                state = states.get(target)
+                if state is None:
+                    state = states[target] = len(order)
+                    order.append(target)
+                    if len(order) > MAX_LEXER_STATES:
+                        raise GrammarError(f"the terminals {', '.join(grammar.terminals[t].name for t in terms)} "
+                                           f"make a lexer of more than {MAX_LEXER_STATES} states")
+                row[live[which == u]] = state
         rows.append(row)
     n = len(order)
     table = np.stack(rows) if rows else np.zeros((0, 256), np.int64)
@@ -387,12 +277,12 @@ class GrammarMatcher:
     def __init__(self, grammar: Grammar, vocab: Vocabulary):
         self.grammar = grammar
         self.vocab = vocab
-        self.parser = _Parser(grammar)
+        self.parser = LalrStacks(grammar.actions, [t.name for t in grammar.terminals], grammar.end_state)
         self.words = packed_words(vocab.size)
         self._lexers: list[_Lexer] = []
         self._lexer_ids: dict[frozenset[int], int] = {}
         self._lexer_after: dict[frozenset, int] = {}  # acceptable terminals -> lexer id
-        self._config_masks = _StackTopCache(self.parser, CACHE_ITEMS)  # (lexer, state) -> mask
+        self._config_masks = StackTopCache(self.parser, CACHE_ITEMS)  # (lexer, state) -> mask
         self._state_masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
         self._rows: dict[tuple, np.ndarray] = {}  # lexer-state members -> tokens that stay inside the lexeme
         self._crossings: dict[tuple, list] = {}  # lexer-state members -> tokens that end the lexeme inside them
@@ -400,7 +290,7 @@ class GrammarMatcher:
         self._endings: dict[tuple, list] = {}
         self._byte_masks: dict[frozenset, np.ndarray] = {}
         self._in_progress: set = set()
-        self._subtree = _StackTopCache(self.parser, CACHE_ITEMS)  # (trie node, lexer, state) -> token ids
+        self._subtree = StackTopCache(self.parser, CACHE_ITEMS)  # (trie node, lexer, state) -> token ids
         self._lock = threading.RLock()
         dups: dict[int, list[int]] = {}
         for primary, dup in vocab.trie.duplicates:
@@ -582,7 +472,7 @@ class GrammarMatcher:
         """Tokens allowed in one configuration (packed, no EOS). None while that very mask is being computed
         further up (a cycle through the grammar) or when masks already nest `MAX_MASK_DEPTH` deep (a grammar can
         have infinitely many configurations, e.g. stacks of unary minus signs): callers then check their few
-        tokens directly. A mask is kept under the top of the stack it read (see `_Parser`), so that the same
+        tokens directly. A mask is kept under the top of the stack it read (see `LalrStacks`), so that the same
         place at another nesting depth finds it."""
         stack, lexer_id, state = config
         row = self._config_masks.get((lexer_id, state), stack)

@@ -85,6 +85,13 @@ class Vocabulary:
                 out[b[0]] = True
         return out
 
+    def prepare(self) -> "Vocabulary":
+        """Build the per-tokenizer tables now (byte trie, fingerprint, sorted and by-bytes views, first-byte
+        masks) rather than inside the first compile that needs them. Idempotent; returns ``self``."""
+        for table in ("trie", "fingerprint", "sorted_tokens", "by_bytes", "first_byte_masks", "_suffix_table"):
+            getattr(self, table)
+        return self
+
     @cached_property
     def trie(self) -> "TokenTrie":
         with self._lock:
@@ -131,16 +138,26 @@ class Vocabulary:
         cache = self.__dict__.setdefault("_rests", {})
         found = cache.get(node)
         if found is None:
+            _, ids = self.sorted_tokens
+            starts, sizes, flat_bytes, flat_rests = self._suffix_table
             prefix = self.trie.prefix(node)
-            keys, ids = self.sorted_tokens
             lo, hi = self.tokens_with_prefix(prefix)
-            n = len(prefix)
-            rows = [(int(ids[k]), self.by_bytes.get(keys[k][n:], -1), keys[k][n]) for k in range(lo, hi)
-                    if len(keys[k]) > n]
-            found = cache[node] = (np.array([r[0] for r in rows], dtype=np.int64),
-                                   np.array([r[1] for r in rows], dtype=np.int64),
-                                   np.array([r[2] for r in rows], dtype=np.int64))
+            below = np.arange(lo, hi)[sizes[lo:hi] > len(prefix)]
+            at = starts[below] + len(prefix)
+            found = cache[node] = (ids[below], flat_rests[at], flat_bytes[at].astype(np.int64))
         return found
+
+    @cached_property
+    def _suffix_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Over `sorted_tokens` laid end to end: where each token starts, its size, every byte, and at every
+        position the id of the token spelling the rest of the token from there (-1: none)."""
+        keys, _ = self.sorted_tokens
+        sizes = np.array([len(k) for k in keys], dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        flat_bytes = np.frombuffer(b"".join(keys), dtype=np.uint8)
+        by_bytes = self.by_bytes
+        flat_rests = np.array([by_bytes.get(k[i:], -1) for k in keys for i in range(len(k))], dtype=np.int64)
+        return starts, sizes, flat_bytes, flat_rests
 
     @cached_property
     def first_byte_masks(self) -> np.ndarray:

@@ -210,9 +210,11 @@ def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab:
         alive = nexts != np.array([dfas[k].dead for k, _ in members])[:, None] if members else nexts.astype(bool)
         live = np.flatnonzero(alive.any(axis=0))
         if live.size:  # bytes with the same next (terminal, state) pairs lead to the same lexer state
-            columns, which = np.unique(np.where(alive, nexts, -1)[:, live].T, axis=0, return_inverse=True)
+            table = np.ascontiguousarray(np.where(alive, nexts, -1)[:, live].T)
+            _, first, which = np.unique(table.view(np.dtype((np.void, table.strides[0]))).reshape(-1),
+                                        return_index=True, return_inverse=True)
             which = which.reshape(-1)
-            for u, column in enumerate(columns.tolist()):
+            for u, column in enumerate(table[first].tolist()):
                 target = tuple((members[j][0], c) for j, c in enumerate(column) if c >= 0)
                 state = states.get(target)
                 if state is None:

@@ -192,48 +192,59 @@ class _Lexer:
         return self.dfa.transitions != self.dfa.dead
 
 
-def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab: Vocabulary) -> _Lexer:
-    dfas = [grammar.terminals[t].dfa for t in terms]
-    start = tuple((i, d.initial) for i, d in enumerate(dfas))
+def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab: Vocabulary, moves: dict
+                 ) -> _Lexer:
+    """The lexer over ``terms`` (ascending); ``moves`` caches `_moves` across the lexers of one grammar."""
+    start = tuple((t, grammar.terminals[t].dfa.initial) for t in terms)
     states = {start: 0}
     order = [start]
     rows: list[np.ndarray] = []
-    complete: list[tuple[int, ...]] = []
     i = 0
     while i < len(order):
         members = order[i]
         i += 1
-        complete.append(tuple(sorted(terms[k] for k, s in members if dfas[k].accepting[s])))
+        found = moves.get(members)
+        if found is None:
+            found = moves[members] = _moves(members, grammar)
+        live, which, targets = found
+        ids = []
+        for target in targets:
+            state = states.get(target)
+            if state is None:
+                state = states[target] = len(order)
+                order.append(target)
+                if len(order) > MAX_LEXER_STATES:
+                    raise GrammarError(f"the terminals {', '.join(grammar.terminals[t].name for t in terms)} "
+                                       f"make a lexer of more than {MAX_LEXER_STATES} states")
+            ids.append(state)
         row = np.full(256, -1, dtype=np.int64)
-        nexts = np.stack([dfas[k].transitions[s] for k, s in members]) if members else np.zeros((0, 256), np.int64)
-        alive = nexts != np.array([dfas[k].dead for k, _ in members])[:, None] if members else nexts.astype(bool)
-        live = np.flatnonzero(alive.any(axis=0))
-        if live.size:  # bytes with the same next (terminal, state) pairs lead to the same lexer state
-            table = np.ascontiguousarray(np.where(alive, nexts, -1)[:, live].T)
-            _, first, which = np.unique(table.view(np.dtype((np.void, table.strides[0]))).reshape(-1),
-                                        return_index=True, return_inverse=True)
-            which = which.reshape(-1)
-            for u, column in enumerate(table[first].tolist()):
-                target = tuple((members[j][0], c) for j, c in enumerate(column) if c >= 0)
-                state = states.get(target)
-                if state is None:
-                    state = states[target] = len(order)
-                    order.append(target)
-                    if len(order) > MAX_LEXER_STATES:
-                        raise GrammarError(f"the terminals {', '.join(grammar.terminals[t].name for t in terms)} "
-                                           f"make a lexer of more than {MAX_LEXER_STATES} states")
-                row[live[which == u]] = state
+        row[live] = np.array(ids, dtype=np.int64)[which]
         rows.append(row)
     n = len(order)
-    table = np.stack(rows) if rows else np.zeros((0, 256), np.int64)
+    complete = [tuple(t for t, s in members if grammar.terminals[t].dfa.accepting[s]) for members in order]
     transitions = np.full((n + 1, 256), n, dtype=np.int32)
-    transitions[:n] = np.where(table < 0, n, table)
+    transitions[:n] = np.where(np.stack(rows) < 0, n, np.stack(rows))
     accepting = np.zeros(n + 1, dtype=bool)
     accepting[:n] = [bool(c) for c in complete]
     dfa = ByteDFA(transitions, accepting, 0)
     index = TokenIndex.build(dfa, vocab, lazy=True, eos=False, check=False)
-    members = [tuple(sorted((terms[k], s) for k, s in m)) for m in order]
-    return _Lexer(lexer_id, terms, dfa, complete, members, index)
+    return _Lexer(lexer_id, terms, dfa, complete, order, index)
+
+
+def _moves(members: tuple, grammar: Grammar) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """Where a lexer state with these (terminal, terminal state) members goes: the bytes that lead somewhere,
+    for each of them an index into the list of target members (bytes leading to the same members share one)."""
+    if not members:  # a lexer over no terminal (nothing may follow)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
+    dfas = [grammar.terminals[t].dfa for t, _ in members]
+    nexts = np.stack([d.transitions[s] for d, (_, s) in zip(dfas, members)])
+    alive = nexts != np.array([d.dead for d in dfas])[:, None]
+    live = np.flatnonzero(alive.any(axis=0))
+    table = np.ascontiguousarray(np.where(alive, nexts, -1)[:, live].T)
+    rows_as_bytes = table.view(np.dtype((np.void, table.shape[1] * table.itemsize))).reshape(-1)
+    _, first, which = np.unique(rows_as_bytes, return_index=True, return_inverse=True)
+    targets = [tuple((members[j][0], c) for j, c in enumerate(column) if c >= 0) for column in table[first].tolist()]
+    return live, which.reshape(-1), targets
 
 
 # ---- the matcher ------------------------------------------------------------------------------------------------
@@ -283,6 +294,7 @@ class GrammarMatcher:
         self._lexers: list[_Lexer] = []
         self._lexer_ids: dict[frozenset[int], int] = {}
         self._lexer_after: dict[frozenset, int] = {}  # acceptable terminals -> lexer id
+        self._lexer_moves: dict[tuple, tuple] = {}  # lexer-state members -> `_moves`, shared by all lexers
         self._config_masks = StackTopCache(self.parser, CACHE_ITEMS)  # (lexer, state) -> mask
         self._state_masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
         self._rows: dict[tuple, np.ndarray] = {}  # lexer-state members -> tokens that stay inside the lexeme
@@ -306,7 +318,8 @@ class GrammarMatcher:
         lexer_id = self._lexer_ids.get(terms)
         if lexer_id is None:
             lexer_id = len(self._lexers)
-            self._lexers.append(_build_lexer(lexer_id, tuple(sorted(terms)), self.grammar, self.vocab))
+            self._lexers.append(_build_lexer(lexer_id, tuple(sorted(terms)), self.grammar, self.vocab,
+                                             self._lexer_moves))
             self._lexer_ids[terms] = lexer_id
         return self._lexers[lexer_id]
 

@@ -66,14 +66,31 @@ def test_flashinfer_matches_torch_on_mixed_batches(checkpoint, page_size):
     assert max(errors["flashinfer vs torch (bf16)"]) <= 2e-2, errors
 
 
-def test_flashinfer_greedy_tokens_match_torch(checkpoint):
+def forced_logits(r: ModelRunner, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """Every position's logits of each sequence, fed whole (teacher forcing)."""
+    with Sequences(r, len(sequences)) as seqs:
+        logits = seqs.extend(list(range(len(sequences))), sequences, all_logits=True)
+    return list(logits.float().split([len(s) for s in sequences]))
+
+
+def test_flashinfer_greedy_choices_match_torch_where_they_are_clear(checkpoint):
+    """Free-running greedy decoding of a random model diverges at near-ties, where bf16 kernels that sum in a
+    different order may pick either token. Teacher-forced on the torch backend's greedy continuation, FlashInfer
+    picks the same next token at every position whose top-2 margin is clear of bf16 noise, and most are."""
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 256, (n,), generator=generator).tolist() for n in (5, 17, 64, 100, 3, 41, 8, 77)]
     params = GenerationParams(max_new_tokens=24, ignore_eos=True)
-    ref = generate(runner(checkpoint, "torch", 1), prompts, params)
-    ours = generate(runner(checkpoint, "flashinfer", 1), prompts, params)
-    same = sum(a.token_ids == b.token_ids for a, b in zip(ref, ours))
-    assert same >= 6, f"only {same} of 8 greedy continuations agree"
+    continuations = generate(runner(checkpoint, "torch", 1), prompts, params)
+    sequences = [p + list(c.token_ids[:-1]) for p, c in zip(prompts, continuations)]
+    reference, ours = (forced_logits(runner(checkpoint, backend, 1), sequences) for backend in ("torch", "flashinfer"))
+    clear = 0
+    for prompt, ref, got in zip(prompts, reference, ours):
+        ref, got = ref[len(prompt) - 1 :], got[len(prompt) - 1 :]  # the positions that predict generated tokens
+        top2 = ref.topk(2, dim=-1).values
+        sure = (top2[:, 0] - top2[:, 1]) > 4e-2 * ref.abs().amax(dim=-1)
+        assert torch.equal(got.argmax(-1)[sure], ref.argmax(-1)[sure])
+        clear += int(sure.sum())
+    assert clear >= len(prompts) * params.max_new_tokens // 2, f"only {clear} positions are clear of ties"
 
 
 def test_cuda_graph_decode_matches_eager(checkpoint):

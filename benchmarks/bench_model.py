@@ -90,8 +90,8 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds after one warm-up round; best is kept")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
-    parser.add_argument("--cuda-graph-max-bs", type=int, default=0,
-                        help="replay CUDA graphs for decode batches up to this size (the runtime's default: 0, off)")
+    parser.add_argument("--cuda-graph-max-bs", type=int, default=RuntimeArgs.cuda_graph_max_bs,
+                        help="replay CUDA graphs for decode batches up to this size (0: off)")
     args = parser.parse_args()
 
     runner = ModelRunner(RuntimeArgs(

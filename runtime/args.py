@@ -27,8 +27,7 @@ class RuntimeArgs:
     - ``max_running_requests``: rows of the request-to-token table.
     - ``context_length``: longest sequence; ``None`` takes the model's ``max_position_embeddings``.
     - ``cuda_graph_max_bs``: decode batches up to this size replay captured CUDA graphs (FlashInfer only);
-      0 (the default) turns graphs off: graph replay hit intermittent illegal memory accesses on the SmolLM2
-      shape (docs/benchmarks.md, "Known issue"), so it is opt-in until that is understood.
+      0 turns graphs off.
     - ``seed``: seeds the random weights of ``dummy`` loading and the sampling of requests without a seed.
 
     Scheduling (the engine):
@@ -57,7 +56,7 @@ class RuntimeArgs:
     cpu_kv_tokens: int = 65536
     max_running_requests: int = 256
     context_length: int | None = None
-    cuda_graph_max_bs: int = 0
+    cuda_graph_max_bs: int = 64
     seed: int = 0
     schedule_policy: str = "lpm"
     cache_aware_queue_limit: int = 128

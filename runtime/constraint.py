@@ -101,7 +101,8 @@ class ConstraintManager:
             self._in_flight.pop(key, None)
 
     def warm_up(self) -> Future | None:
-        """Build the vocabulary and its trie on the worker thread ahead of the first constrained request."""
+        """Build the vocabulary and its tables (`Vocabulary.prepare`) on the worker thread ahead of the first
+        constrained request."""
         try:
             compiler = self.compiler
         except InvalidRequestError:
@@ -109,7 +110,7 @@ class ConstraintManager:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sglang-dsl-constraint")
-            return self._pool.submit(lambda: compiler.vocab.trie)
+            return self._pool.submit(compiler.vocab.prepare)
 
     def shutdown(self) -> None:
         if self._pool is not None:

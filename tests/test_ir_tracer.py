@@ -262,7 +262,8 @@ def _surface(cls: type) -> set[str]:
 
 def test_tracing_state_offers_the_program_state_surface() -> None:
     assert _surface(ProgramState) <= _surface(TracingState)
-    assert _surface(ProgramStateGroup) <= _surface(TracingGroup) | {"parent", "states"}
+    # parent, states and commit_prefix are what the executors use, not what programs write
+    assert _surface(ProgramStateGroup) <= _surface(TracingGroup) | {"parent", "states", "commit_prefix"}
 
 
 def test_importing_the_ir_does_not_import_torch() -> None:

@@ -29,7 +29,6 @@ string. Recursion is fine: the parser stack is unbounded.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ import numpy as np
 
 from sglang_dsl.compiler.automaton import ByteDFA, regex_to_dfa
 from sglang_dsl.compiler.errors import ConstraintError, GrammarError
+from sglang_dsl.compiler.gbnf import gbnf_to_lark, is_gbnf
 from sglang_dsl.compiler.lalr_stack import LalrStacks, StackTopCache
 from sglang_dsl.compiler.token_index import TokenIndex, packed_words
 from sglang_dsl.compiler.vocabulary import Vocabulary
@@ -47,6 +47,7 @@ from sglang_dsl.compiler.vocabulary import Vocabulary
 MAX_CONFIGURATIONS = 64  # parallel lexing/parsing hypotheses kept per state (each one completable)
 MAX_LEXER_STATES = 50_000
 CACHE_ITEMS = 2048  # masks kept per matcher (each V/8 bytes); other per-stack caches are cleared past 64x this
+Config = tuple[tuple, int, int]  # one hypothesis: (LALR stack, lexer id, lexer state)
 MAX_MASK_DEPTH = 4  # configurations whose masks are computed one inside the other; deeper, tokens are walked
 
 # lark's common.lark spells these with a look-behind, which no automaton supports: equivalent plain regexes
@@ -57,10 +58,6 @@ _COMMON_REPLACEMENTS = {
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
-
-
-def is_gbnf(text: str) -> bool:
-    return "::=" in text
 
 
 @dataclass(frozen=True)
@@ -667,131 +664,3 @@ def _set_bits(row: np.ndarray, groups: list[np.ndarray]) -> None:
     if groups:
         ids = np.concatenate(groups) if len(groups) > 1 else groups[0]
         np.bitwise_or.at(row, ids >> 5, np.uint32(1) << (ids & 31).astype(np.uint32))
-
-
-# ---- GBNF -> lark -----------------------------------------------------------------------------------------------
-
-_GBNF_TOKEN = re.compile(r"""
-    (?P<ws>\s+|\#[^\n]*) |
-    (?P<define>::=) |
-    (?P<name>[a-zA-Z_][a-zA-Z0-9_-]*) |
-    (?P<string>"(?:[^"\\]|\\.)*") |
-    (?P<charclass>\[(?:[^\]\\]|\\.)*\]) |
-    (?P<dot>\.) |
-    (?P<repeat>\{\s*\d*\s*(?:,\s*\d*\s*)?\}) |
-    (?P<op>[()|*+?])
-""", re.VERBOSE | re.DOTALL)
-
-
-def _gbnf_unescape(body: str, where: str) -> str:
-    """GBNF escapes resolved: for a string, the characters; for a character class, regex text."""
-    out, i = [], 0
-    simple = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "[": "[", "]": "]", "-": "-", "^": "^",
-              "/": "/"}
-    while i < len(body):
-        c = body[i]
-        if c != "\\":
-            out.append(c if where == "string" or c not in "/" else "\\/")
-            i += 1
-            continue
-        e = body[i + 1] if i + 1 < len(body) else ""
-        if e in "xuU":
-            width = {"x": 2, "u": 4, "U": 8}[e]
-            digits = body[i + 2: i + 2 + width]
-            if len(digits) != width or not all(d in "0123456789abcdefABCDEF" for d in digits):
-                raise GrammarError(f"GBNF: bad escape \\{e}{digits}")
-            ch = chr(int(digits, 16))
-            out.append(ch if where == "string" else f"\\U{ord(ch):08x}" if ord(ch) > 0xFFFF else f"\\u{ord(ch):04x}")
-            i += 2 + width
-        elif e in simple:
-            if where == "string":
-                out.append(simple[e])
-            else:
-                out.append("\\" + e)
-            i += 2
-        else:
-            raise GrammarError(f"GBNF: unknown escape \\{e}")
-    return "".join(out)
-
-
-def gbnf_to_lark(text: str) -> str:
-    """A llama.cpp GBNF grammar as lark EBNF: rule names lower-cased with ``-`` -> ``_``, ``root`` -> ``start``,
-    literals as lark strings, character classes and ``.`` as inline regexes, ``{m,n}`` as ``~ m..n``."""
-    tokens = []
-    pos = 0
-    while pos < len(text):
-        m = _GBNF_TOKEN.match(text, pos)
-        if not m:
-            line = text.count("\n", 0, pos) + 1
-            raise GrammarError(f"GBNF: unexpected {text[pos:pos + 10]!r} at line {line}")
-        pos = m.end()
-        if m.lastgroup != "ws":
-            tokens.append((m.lastgroup, m.group()))
-
-    def rule_name(name: str) -> str:
-        return "start" if name == "root" else "r_" + name.lower().replace("-", "_")
-
-    rules: list[tuple[str, list[str]]] = []
-    i = 0
-    while i < len(tokens):
-        if tokens[i][0] != "name" or i + 1 >= len(tokens) or tokens[i + 1][0] != "define":
-            raise GrammarError(f"GBNF: expected `name ::=`, got {tokens[i][1]!r}")
-        name = rule_name(tokens[i][1])
-        i += 2
-        body: list[str] = []
-        while i < len(tokens) and not (tokens[i][0] == "name" and i + 1 < len(tokens) and tokens[i + 1][0] == "define"):
-            kind, value = tokens[i]
-            if kind == "name":
-                body.append(rule_name(value))
-            elif kind == "string":
-                literal = _gbnf_unescape(value[1:-1], "string")
-                body.append(_lark_string(literal) if literal else '""')
-            elif kind == "charclass":
-                inner = value[1:-1]
-                negate = inner.startswith("^")
-                inner = _gbnf_unescape(inner[1:] if negate else inner, "class")
-                body.append("/[" + ("^" if negate else "") + inner + "]/")
-            elif kind == "dot":
-                body.append("/(?s:.)/")
-            elif kind == "repeat":
-                m = re.fullmatch(r"\{\s*(\d*)\s*(,\s*(\d*)\s*)?\}", value)
-                low = int(m.group(1) or 0)
-                high = low if m.group(2) is None else (int(m.group(3)) if m.group(3) else None)
-                atom = _last_atom(body)
-                if high is None:  # {m,}: m copies, then any number more
-                    body.append(f"({atom}) ~ {low} ({atom})*" if low else f"({atom})*")
-                elif high == 0:
-                    pass
-                else:
-                    body.append(f"({atom}) ~ {low}..{high}" if low != high else f"({atom}) ~ {low}")
-            else:
-                body.append(value)
-            i += 1
-        if '""' in body:
-            body = [b for b in body if b != '""']
-        rules.append((name, body))
-    if not any(name == "start" for name, _ in rules):
-        raise GrammarError("GBNF: the grammar has no `root` rule")
-    return "\n".join(f"{name}: {' '.join(body) if body else ''}" for name, body in rules) + "\n"
-
-
-def _lark_string(literal: str) -> str:
-    escaped = "".join(
-        "\\\\" if c == "\\" else '\\"' if c == '"' else c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
-        else f"\\u{ord(c):04x}" for c in literal)
-    return f'"{escaped}"'
-
-
-def _last_atom(body: list[str]) -> str:
-    """The last atom of ``body`` (a group from its ``(`` on, or one element), removed from ``body``."""
-    if body and body[-1] == ")":
-        depth = 0
-        for k in range(len(body) - 1, -1, -1):
-            depth += body[k] == ")"
-            depth -= body[k] == "("
-            if depth == 0:
-                atom = " ".join(body[k:])
-                del body[k:]
-                return atom
-    atom = body.pop()
-    return atom

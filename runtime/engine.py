@@ -242,9 +242,11 @@ class Engine:
         self._call(self.scheduler.check_integrity)
 
     def stats(self) -> dict[str, Any]:
+        """Requests running (prefilling or decoding), waiting, and parked (programs whose select is being
+        scored); KV usage, cache hit rate and cached tokens."""
         def read():
             s = self.scheduler
-            return dict(running=len(s.running) + len(s.prefilling), waiting=len(s.waiting),
+            return dict(running=len(s.running) + len(s.prefilling), waiting=len(s.waiting), parked=len(s.parked),
                         kv_usage=s.kv_usage(), cache_hit_rate=s.cache_hit_rate(),
                         cached_tokens=s.cache.cached_size)
         return self._call(read)

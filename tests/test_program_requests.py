@@ -186,7 +186,7 @@ def test_abort_while_choices_are_scored_frees_everything(tiny_gguf):
         outputs = []
         engine.submit_program(program, outputs.append)
         deadline = time.monotonic() + 30
-        while not engine._call(lambda: bool(engine.scheduler.parked)) and time.monotonic() < deadline:
+        while not engine.stats()["parked"] and time.monotonic() < deadline:
             time.sleep(0.005)
         assert engine.abort(program.rid)
         while not outputs and time.monotonic() < deadline:
@@ -196,7 +196,7 @@ def test_abort_while_choices_are_scored_frees_everything(tiny_gguf):
         while engine.stats()["running"] and time.monotonic() < deadline:
             time.sleep(0.01)
         engine.check_integrity()
-        assert engine.stats()["running"] == 0 and engine.stats()["waiting"] == 0
+        assert engine.stats()["running"] == engine.stats()["waiting"] == engine.stats()["parked"] == 0
 
 
 def test_programs_under_kv_pressure_retract_and_keep_outputs(runtime, tiny_gguf):

@@ -12,7 +12,7 @@ What goes over the wire:
 - Chat roles render through the model's own Jinja template when the server's ``/get_model_info`` carries it
   (ours does), else through ``chat_template_name`` (`backends.chat_templates`).
 - Segments: when ``/server_info`` says ``"program_endpoint": true``, a straight-line run of text/gen/select
-  nodes is one ``POST /generate_program`` (`Backend.run_segment`).
+  nodes is one program in a ``POST /generate_program``, coalesced with other programs' (`Backend.run_segment`).
 
 Everything is async on the interpreter's loop: ``run_batch`` starts every program at once and the endpoint keeps
 up to ``max_concurrency`` prompts out at the server, in a few coalesced requests (`backends.native_batch`)."""
@@ -28,7 +28,7 @@ from backends.base import (
 )
 from backends.chat_templates import JinjaTemplate, named_template
 from backends.http import HttpClient, HttpConfig, HttpError
-from backends.native_batch import NativeBatcher
+from backends.native_batch import PER_PROMPT_DEFAULTS, PROGRAM_PER_PROMPT, NativeBatcher
 from backends.scoring import ZERO_TOKENS, Prefilled, ScoredPrompt, score_choices
 from sglang_dsl.compiler.choice_scoring import next_token_entries
 from sglang_dsl.lang import loop
@@ -129,7 +129,7 @@ class RuntimeEndpoint(Backend):
         payload = {"text": call.prompt.text, "steps": [_segment_step(step) for step in call.steps],
                    **_images(call.prompt)}
         async with self._slot():
-            result = await self._post("/generate_program", payload)
+            result = await self._batched("/generate_program", payload)
         outputs = tuple(StepOutput(o["node"], o.get("name"), o["value"], o.get("meta_info") or {})
                         for o in result["outputs"])
         finish = result.get("finish_reason")
@@ -184,13 +184,6 @@ class RuntimeEndpoint(Backend):
         return {"text": call.prompt.text, "sampling_params": call.sampling_params(), **call.logprob_options(),
                 **_images(call.prompt)}
 
-    async def _post(self, path: str, payload: Any) -> Any:
-        self._check_open()
-        try:
-            return await self.http.post_json(path, payload)
-        except HttpError as err:
-            raise _refined(err) from err.__cause__
-
     async def _generate(self, payload: dict[str, Any]) -> Any:
         """``POST /generate``, coalesced with other programs' requests (`backends.native_batch`)."""
         return await self._batched("/generate", payload)
@@ -201,8 +194,9 @@ class RuntimeEndpoint(Backend):
         batcher = self._batchers.get(key)
         if batcher is None:
             send = lambda body: self.http.post_json(path, body)  # noqa: E731
+            per_prompt = PROGRAM_PER_PROMPT if path == "/generate_program" else PER_PROMPT_DEFAULTS
             batcher = self._batchers[key] = NativeBatcher(send, self.http.url(path), max_prompts=self.max_concurrency,
-                                                          max_requests=self.max_http_requests)
+                                                          max_requests=self.max_http_requests, per_prompt=per_prompt)
         try:
             return await batcher.request(payload)
         except HttpError as err:

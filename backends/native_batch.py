@@ -1,6 +1,7 @@
-"""Coalescing ``/generate`` (and ``/tokenize``) requests: the native API takes a batch in one request (lists of
-prompts, with per-prompt ``sampling_params`` and logprob options), so requests that many programs issue while
-earlier ones are out go out together as one HTTP request and their answers are split back.
+"""Coalescing ``/generate`` (and ``/tokenize``, and our ``/generate_program``) requests: the native API takes a
+batch in one request (lists of prompts, with per-prompt ``sampling_params`` and logprob options, or per-prompt
+``steps``), so requests that many programs issue while earlier ones are out go out together as one HTTP request
+and their answers are split back.
 
 A ``run_batch`` over a remote server then costs a few HTTP requests per wave of programs instead of one per
 node, and the server still sees every prompt at once. Only what batches exactly is coalesced: requests with the
@@ -18,12 +19,15 @@ from typing import Any, Awaitable, Callable
 
 from backends.http import HttpError
 
-# Per-prompt fields of a /generate request, with the value a prompt that does not set them gets in a batch.
+# Per-prompt fields of a /generate request, with the value a prompt that does not set them gets in a batch (a
+# request for one prompt holds its own value; a batch request, a list of them or one for all).
 PER_PROMPT_DEFAULTS: dict[str, Any] = {
     "sampling_params": {}, "return_logprob": False, "logprob_start_len": -1, "top_logprobs_num": 0,
 }
 # The prompt fields: /generate's ``text`` or ``input_ids``, /tokenize's ``prompt`` (answered ``{"tokens": [...]}``).
 PROMPT_FIELDS = ("text", "input_ids", "prompt")
+# /generate_program (our extension) batches programs the same way: one list of steps per prompt.
+PROGRAM_PER_PROMPT: dict[str, Any] = {"steps": []}
 _UNBATCHABLE = frozenset({"stream", "image_data", "video_data", "audio_data", "rid", "input_embeds"})
 
 Send = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -45,9 +49,11 @@ class NativeBatcher:
     docstring. At most ``max_prompts`` prompts and ``max_requests`` HTTP requests are out at once; requests made
     meanwhile wait and coalesce, up to ``max_prompts`` prompts per request. Use it from one event loop."""
 
-    def __init__(self, send: Send, url: str, max_prompts: int = 512, max_requests: int = 4):
+    def __init__(self, send: Send, url: str, max_prompts: int = 512, max_requests: int = 4,
+                 per_prompt: dict[str, Any] = PER_PROMPT_DEFAULTS):
         self._send = send
         self._url = url
+        self._per_prompt = per_prompt
         self._max_prompts = max_prompts
         self._max_requests = max_requests
         self._requests_out = 0
@@ -56,7 +62,7 @@ class NativeBatcher:
         self._scheduled = False
 
     async def request(self, payload: dict[str, Any]) -> Any:
-        shape = _shape(payload)
+        shape = _shape(payload, self._per_prompt)
         if shape is None:
             return await self._send(payload)
         key, prompts, single = shape
@@ -100,7 +106,7 @@ class NativeBatcher:
                 _settle(items[0], await self._send(items[0].payload))
                 return
             try:
-                results = await self._send(_combined(field_name, items))
+                results = await self._send(_combined(field_name, items, self._per_prompt))
             except HttpError as err:
                 if err.status != 400:
                     raise
@@ -113,7 +119,7 @@ class NativeBatcher:
                     item.future.set_exception(err)
 
 
-def _shape(payload: dict[str, Any]) -> tuple[tuple, list, bool] | None:
+def _shape(payload: dict[str, Any], per_prompt: dict[str, Any]) -> tuple[tuple, list, bool] | None:
     """(group key, prompts, single) of a coalescible request, else None."""
     if _UNBATCHABLE & payload.keys():
         return None
@@ -126,16 +132,16 @@ def _shape(payload: dict[str, Any]) -> tuple[tuple, list, bool] | None:
     for params in sampling if isinstance(sampling, list) else [sampling]:
         if (params or {}).get("n", 1) != 1:
             return None
-    common = [(k, v) for k, v in payload.items() if k != field_name and k not in PER_PROMPT_DEFAULTS]
+    common = [(k, v) for k, v in payload.items() if k != field_name and k not in per_prompt]
     key = (field_name, json.dumps(sorted(common)) if common else "")
     return key, (prompts if is_list else [prompts]), not is_list
 
 
-def _combined(field_name: str, items: list[_Pending]) -> dict[str, Any]:
+def _combined(field_name: str, items: list[_Pending], per_prompt: dict[str, Any]) -> dict[str, Any]:
     first = items[0].payload
-    batch: dict[str, Any] = {k: v for k, v in first.items() if k != field_name and k not in PER_PROMPT_DEFAULTS}
+    batch: dict[str, Any] = {k: v for k, v in first.items() if k != field_name and k not in per_prompt}
     batch[field_name] = [prompt for item in items for prompt in item.prompts]
-    for name, default in PER_PROMPT_DEFAULTS.items():
+    for name, default in per_prompt.items():
         if any(name in item.payload for item in items):
             batch[name] = [value for item in items for value in _per_prompt(item, name, default)]
     return batch
@@ -143,6 +149,8 @@ def _combined(field_name: str, items: list[_Pending]) -> dict[str, Any]:
 
 def _per_prompt(item: _Pending, name: str, default: Any) -> list:
     value = item.payload.get(name, default)
+    if item.single:
+        return [value]
     return value if isinstance(value, list) else [value] * len(item.prompts)
 
 

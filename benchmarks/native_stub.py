@@ -82,11 +82,19 @@ def generate(body: dict) -> Any:
     return results if batch else results[0]
 
 
-def generate_program(body: dict) -> dict:
-    """A ``/generate_program`` answer (our extension): text steps append, gens append the stub answer, selects pick
-    the choice whose tokens score best under the stub's made-up logprobs."""
-    text, outputs = body["text"], []
-    for step in body["steps"]:
+def generate_program(body: dict) -> Any:
+    """A ``/generate_program`` answer (our extension), for one program or a batch (a list of texts, one list of
+    steps each)."""
+    if isinstance(body["text"], list):
+        return [_program(text, steps) for text, steps in zip(body["text"], body["steps"])]
+    return _program(body["text"], body["steps"])
+
+
+def _program(text: str, steps: list) -> dict:
+    """Text steps append, gens append the stub answer, selects pick the choice whose tokens score best under the
+    stub's made-up logprobs."""
+    outputs = []
+    for step in steps:
         if step["type"] == "text":
             text += step["text"]
             continue

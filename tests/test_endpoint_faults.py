@@ -357,6 +357,42 @@ def test_a_program_request_aborted_midway_keeps_the_steps_that_ran(baseline):
     stub.stop()
 
 
+def test_program_requests_are_coalesced_with_their_own_steps(baseline, unplanned):
+    async def programs(stub, path, body, writer):
+        if len(stub.requests) == 3:  # the first program: hold it so that the others queue up behind it
+            await asyncio.sleep(0.3)
+
+        def run(text, steps):
+            gens = [step for step in steps if step["type"] == "gen"]
+            number = (text + steps[0].get("text", ""))[1:3]  # the program's "Qnn" opens its first text
+            return {"outputs": [{"node": gen["node"], "name": gen["name"], "value": f" <{number}>",
+                                 "meta_info": {}} for gen in gens], "text": text, "finish_reason": None}
+
+        if isinstance(body["text"], list):
+            await stub.respond(writer, 200, [run(t, steps) for t, steps in zip(body["text"], body["steps"])])
+        else:
+            await stub.respond(writer, 200, run(body["text"], body["steps"]))
+
+    stub = Stub(programs, server_info={"program_endpoint": True})
+    endpoint = _endpoint(stub, max_http_requests=1)
+
+    @sgl.function
+    def numbered(s, i):
+        s += f"Q{i:02d}" + sgl.gen("x", max_tokens=2 + i % 3) + "." + sgl.gen("y", max_tokens=1)
+
+    states = numbered.run_batch([{"i": i} for i in range(20)], backend=endpoint)
+    assert [(s["x"], s["y"]) for s in states] == [(f" <{i:02d}>", f" <{i:02d}>") for i in range(20)]
+    assert all(path == "/generate_program" for path, _ in stub.requests[2:])  # after the two info requests
+    bodies = [body for path, body in stub.requests if path == "/generate_program"]
+    assert len(bodies) < 20  # most went out together
+    batch = next(body for body in bodies if isinstance(body["text"], list))
+    assert len(batch["steps"]) == len(batch["text"]) > 1
+    for steps in batch["steps"]:  # each program's own steps: its "Qnn" and its gen's max_tokens 2 + nn % 3
+        assert steps[1]["sampling_params"]["max_new_tokens"] == 2 + int(steps[0]["text"][1:3]) % 3
+    endpoint.shutdown()
+    stub.stop()
+
+
 def test_a_named_chat_template_renders_roles_for_servers_that_send_none(baseline):
     async def echo(stub, path, body, writer):
         await stub.respond(writer, 200, answer(" Paris"))

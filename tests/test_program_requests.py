@@ -231,6 +231,13 @@ def test_http_endpoint_round_trip_and_errors(runtime, engine):
             {"type": "text", "text": "y"}, {"type": "gen", "node": "gen('z')", "sampling_params": {"regex": "(a"}}]})
         assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("steps[1] (gen('z')): ")
         assert http.post("/generate_program", json={"text": "x"}).status_code == 400
+        short = STEPS[:3]
+        batch = http.post("/generate_program", json={"text": [PROMPT, "Other:"], "steps": [STEPS, short]})
+        assert batch.status_code == 200, batch.text
+        assert [[o["value"] for o in r["outputs"]] for r in batch.json()] == [
+            [s.value for s in engine.generate_program(p, steps).steps] for p, steps in ((PROMPT, STEPS), ("Other:", short))]
+        mismatched = http.post("/generate_program", json={"text": ["a", "b"], "steps": [STEPS]})
+        assert mismatched.status_code == 400 and "1 lists for 2 prompts" in mismatched.text
         assert http.post("/generate_program", json={"text": "x", "steps": [{"type": "select", "choices": "ab"}]}
                          ).status_code == 400
 

@@ -4,7 +4,8 @@ or streamed), model and server info, tokenization, cache flush, health checks, a
 Our extension: ``POST /generate_program`` runs a program request (`runtime.program`: text, gen and select steps
 as one request, so a remote interpreter saves a round trip per node); ``/get_server_info`` says
 ``"program_endpoint": true``. Body: ``{"text", "steps": [...], "rid"}``; answer: ``{"outputs": [{"node", "name",
-"value", "meta_info"}], "text", "finish_reason"}`` where ``finish_reason`` is None when every step ran, else the
+"value", "meta_info"}], "text", "finish_reason"}``. A batch (``"text": [...]`` with one list of steps per prompt,
+or one list for all) answers a list, in order. In an answer, ``finish_reason`` is None when every step ran, else the
 abort (``{"type": "abort", "message"}``) and ``outputs`` holds the steps that completed. A bad step is a 400
 naming it (``steps[2] (gen('answer')): ...``)."""
 
@@ -172,14 +173,29 @@ async def generate_program(request: Request) -> JSONResponse:
     body = parse_body(await request.body(), ProgramBody)
     if body.image_data not in (None, [], ""):
         raise APIError("image_data is not supported: the served model is text-only", param="image_data")
-    program = state.engine.make_program(body.text, body.steps, rid=body.rid or new_rid())
-    state.active.add(program.rid, [program.rid])
+    top_rid = body.rid or new_rid()
+    programs = [state.engine.make_program(text, steps, rid=rid) for text, steps, rid in _program_batch(body, top_rid)]
+    state.active.add(top_rid, [p.rid for p in programs])
     try:
-        output = await until_disconnect(state.engine.async_generate_program(program),
-                                        wait_for_disconnect(request.receive))
+        outputs = await until_disconnect(asyncio.gather(*map(state.engine.async_generate_program, programs)),
+                                         wait_for_disconnect(request.receive))
     finally:
-        state.active.remove(program.rid)
-    return JSONResponse(_program_result(output, received))
+        state.active.remove(top_rid)
+    results = [_program_result(output, received) for output in outputs]
+    return JSONResponse(results if isinstance(body.text, list) else results[0])
+
+
+def _program_batch(body: ProgramBody, top_rid: str) -> list[tuple[str, list, str]]:
+    """(text, steps, rid) of each program of a ``/generate_program`` body."""
+    if not isinstance(body.text, list):
+        return [(body.text, body.steps, top_rid)]
+    if not body.text:
+        raise APIError("the batch is empty", param="text")
+    per_program = bool(body.steps) and all(isinstance(steps, list) for steps in body.steps)
+    steps = body.steps if per_program else [body.steps] * len(body.text)
+    if len(steps) != len(body.text):
+        raise APIError(f"steps has {len(steps)} lists for {len(body.text)} prompts", param="steps")
+    return [(text, s, f"{top_rid}-{i}") for i, (text, s) in enumerate(zip(body.text, steps))]
 
 
 def _program_result(output: ProgramOutput, received: float) -> dict:

@@ -107,12 +107,18 @@ def _scalar_or_list(name: str, value: Any, check, kind: str) -> Any:
 # --------------------------------------------------------------------------------------------- native API
 
 class ProgramBody(_Body):
-    """``POST /generate_program``: a prompt and its steps (checked step by step by ``Engine.make_program``)."""
+    """``POST /generate_program``: a prompt and its steps (checked step by step by ``Engine.make_program``), or a
+    batch: a list of prompts with one list of steps each (or one list of steps for all)."""
 
-    text: str
+    text: str | list[str]
     steps: list[Any]
     rid: str | None = None
     image_data: Any = None
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return _str_or_str_list("text", v)
 
 
 class GenerateBody(_Body):

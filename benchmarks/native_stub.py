@@ -63,12 +63,27 @@ def _one(prompt: Any, options: dict, index: int) -> dict:
         with_text = options.get("return_text_in_logprobs", False)
         window = range(start, len(ids)) if start is not None and start >= 0 else range(0)
         meta["input_token_logprobs"] = [
-            [None if i == start else -0.05 * (1 + ids[i] % 11), ids[i], VOCABULARY.piece(ids[i]) if with_text else None]
+            [None if i == start else _made_up_logprob(ids[i]), ids[i], VOCABULARY.piece(ids[i]) if with_text else None]
             for i in window]
         meta["output_token_logprobs"] = [[-0.1, t, VOCABULARY.piece(t) if with_text else None]
                                          for t in VOCABULARY.encode(text)]
         meta["output_token_logprobs_length"] = len(meta["output_token_logprobs"])
+        listed = options.get("token_ids_logprob") or []
+        if listed:
+            position = [[_made_up_logprob(t), t, VOCABULARY.piece(t) if with_text else None] for t in listed]
+            meta["output_token_ids_logprobs"] = [position for _ in meta["output_token_logprobs"]]
     return {"text": text, "output_ids": VOCABULARY.encode(text), "meta_info": meta}
+
+
+def _made_up_logprob(token: int) -> float:
+    return -0.05 * (1 + token % 11)
+
+
+def _per_prompt(key: str, value: Any, batch: bool) -> bool:
+    """Whether a batch request's ``value`` holds one entry per prompt (``token_ids_logprob``: a list of lists)."""
+    if not batch or not isinstance(value, list) or key == "text":
+        return False
+    return key != "token_ids_logprob" or bool(value) and isinstance(value[0], list)
 
 
 def generate(body: dict) -> Any:
@@ -77,7 +92,7 @@ def generate(body: dict) -> Any:
     batch = isinstance(prompts, list) and (isinstance(body.get("text"), list) or
                                            (bool(prompts) and isinstance(prompts[0], list)))
     items = prompts if batch else [prompts]
-    results = [_one(p, {k: v[i] if isinstance(v, list) and batch and k != "text" else v for k, v in body.items()}, i)
+    results = [_one(p, {k: v[i] if _per_prompt(k, v, batch) else v for k, v in body.items()}, i)
                for i, p in enumerate(items)]
     return results if batch else results[0]
 
@@ -103,7 +118,7 @@ def _program(text: str, steps: list) -> dict:
             meta = {"prompt_tokens": len(_prompt_ids(text)), "completion_tokens": len(_prompt_ids(value)),
                     "cached_tokens": 0, "finish_reason": {"type": "length", "length": len(value)}}
         else:
-            scores = [sum(-0.05 * (1 + t % 11) for t in ids) / max(len(ids), 1)
+            scores = [sum(_made_up_logprob(t) for t in ids) / max(len(ids), 1)
                       for ids in (_prompt_ids(choice) for choice in step["choices"])]
             value = step["choices"][scores.index(max(scores))]
             meta = {"normalized_prompt_logprobs": scores, "prompt_tokens": len(_prompt_ids(text))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sglang_dsl as sgl
+from sglang_dsl.compiler.codec import CharacterCodec
 from sglang_dsl.compiler.constraint_plan import constraint_specs
 from sglang_dsl.compiler.program_plan import ProgramPlan, plan_forks, plan_program, plan_selects
 from sglang_dsl.compiler.segments import mark_segments
@@ -70,9 +71,16 @@ def test_select_plan_counts_requests():
         s += "x" + sgl.select("a", ["1", "2", "3"])
         s += sgl.select("b", ["yes", "no"], choices_method=sgl.unconditional_likelihood_normalized)
 
-    first, second = plan_selects(pick.trace(), codec=None)
+    first, second = plan_selects(pick.trace(), codec=None)  # token counts unknown: a scoring row per choice
     assert (first.requests, first.unconditional) == (4, False)
     assert (second.requests, second.unconditional) == (5, True)
+    # one token per character: the prefix's request scores "1", "2", "3" itself; "yes" and "no" need rows
+    first, second = plan_selects(pick.trace(), codec=CharacterTokens())
+    assert (first.requests, second.requests) == (1, 1 + 2 + 2)
+
+
+class CharacterTokens(CharacterCodec):
+    granularity = "token"
 
 
 def test_constraints_are_deduplicated_with_dtype_as_its_regex():

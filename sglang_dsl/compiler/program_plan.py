@@ -5,9 +5,9 @@
   its branches fan out, together with the head its branches start with alike (`fork_prefix`), so every
   branch's first request finds both cached; the plan names each branch's first model call, the constant text
   all branches append before it, and the join;
-- selects (`plan_selects`): each select is scored as one batched extend of all its choices over the prefix,
-  prefilled once (`backends.scoring`): one prefill request, then one batch of a scoring request per choice, and
-  another such batch when the method needs unconditional likelihoods;
+- selects (`plan_selects`): each select is scored over the prefix, prefilled once by a request that also returns
+  every choice's first-token logprob (`choice_scoring`): then one batch of a scoring row per choice longer than
+  one token, and a batch of a row per choice when the method needs unconditional likelihoods;
 - constraints (`constraint_plan.plan_constraints`): compiled ahead of time, once each;
 - segments (`segments.mark_segments`): straight-line runs that a segments-capable backend runs as one request.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sglang_dsl.compiler.choice_methods import METHODS_BY_NAME
+from sglang_dsl.compiler.choice_methods import METHODS_BY_NAME, common_length
 from sglang_dsl.compiler.codec import PromptCodec
 from sglang_dsl.compiler.constraint import ConstraintCompiler
 from sglang_dsl.compiler.constraint_plan import ConstraintPlan, plan_constraints
@@ -30,7 +30,7 @@ from sglang_dsl.compiler.plan_data import PlanJson
 from sglang_dsl.compiler.prefix import PrefixInfo, constant_prefix
 from sglang_dsl.compiler.segments import Segment, mark_segments
 from sglang_dsl.ir.graph import Graph
-from sglang_dsl.ir.nodes import Fork, Gen, Join, Select
+from sglang_dsl.ir.nodes import Fork, Gen, Join, Select, Text
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,9 @@ class ForkPlan:
 @dataclass(frozen=True)
 class SelectPlan:
     """Select ``node``: its choices scored in one batched extend over the prefix (``choice_tokens``: each
-    choice's token count alone, with a codec), in ``requests`` runtime requests (the prefix's prefill, one
-    scoring request per choice, and as many again when ``unconditional``)."""
+    choice's token count alone, with a codec), in ``requests`` runtime requests: the prefix's prefill, a scoring
+    row per choice longer than a token or merging with the text before it (`_scoring_rows`; per choice without a
+    token-level codec), and one per choice more when ``unconditional``."""
 
     node: str
     stream: str
@@ -135,6 +136,30 @@ def plan_selects(graph: Graph, codec: PromptCodec | None = None) -> tuple[Select
         method = METHODS_BY_NAME.get(node.method)
         unconditional = bool(method and method.requires_unconditional_logprobs)
         tokens = tuple(len(codec.encode(c)) for c in node.choices) if codec is not None else None
+        rows = _scoring_rows(codec, _text_before(graph, node), node.choices)
         plans.append(SelectPlan(node.name, node.stream, node.choices, node.method, unconditional,
-                                1 + len(node.choices) * (1 + unconditional), tokens))
+                                1 + rows + len(node.choices) * unconditional, tokens))
     return tuple(plans)
+
+
+def _text_before(graph: Graph, select: Select) -> str:
+    """The constant text its stream appends right before ``select`` ("" when that is not known)."""
+    before = ""
+    for node in graph.stream_nodes(select.stream):
+        if node is select:
+            return before
+        before = node.parts[-1] if isinstance(node, Text) and isinstance(node.parts[-1], str) else ""
+    return before
+
+
+def _scoring_rows(codec: PromptCodec | None, before: str, choices: tuple[str, ...]) -> int:
+    """The scoring rows of a select after ``before`` (`choice_scoring`): a choice needs one when it is longer
+    than a token or its first token merges with ``before``'s last; every choice does without a token codec."""
+    if codec is None or codec.granularity != "token":
+        return len(choices)
+    head = list(codec.encode(before))
+    rows = 0
+    for choice in choices:
+        ids = list(codec.encode(before + choice))
+        rows += common_length(head, ids) < len(head) or len(ids) - len(head) > 1
+    return rows

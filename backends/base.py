@@ -130,6 +130,10 @@ class TextStep:
 
     text: str
 
+    def native(self) -> dict[str, Any]:
+        """The step as ``POST /generate_program`` and `runtime.program.parse_steps` take it."""
+        return {"type": "text", "text": self.text}
+
 
 @dataclass(frozen=True)
 class GenStep(_NativeSampling):
@@ -140,6 +144,11 @@ class GenStep(_NativeSampling):
     name: str | None
     params: SamplingParams
     extra_sampling: Mapping[str, Any] = field(default_factory=dict)
+
+    def native(self) -> dict[str, Any]:
+        """The step as ``POST /generate_program`` and `runtime.program.parse_steps` take it."""
+        return {"type": "gen", "node": self.node, "name": self.name, "sampling_params": self.sampling_params(),
+                **self.logprob_options()}
 
 
 @dataclass(frozen=True)

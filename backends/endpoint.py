@@ -23,8 +23,8 @@ import asyncio
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from backends.base import (
-    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentError, SegmentResult,
-    SelectCall, SelectStep, StepOutput, TextStep,
+    Backend, Capabilities, GenerateCall, Generation, Prompt, SegmentCall, SegmentError, SegmentResult, SelectCall,
+    SelectStep, StepOutput,
 )
 from backends.chat_templates import JinjaTemplate, named_template
 from backends.http import HttpClient, HttpConfig, HttpError
@@ -260,18 +260,13 @@ def _images(prompt: Prompt) -> dict[str, Any]:
 
 
 def _segment_step(step: Any) -> dict[str, Any]:
-    if isinstance(step, TextStep):
-        return {"type": "text", "text": step.text}
-    if isinstance(step, GenStep):
-        return {"type": "gen", "node": step.node, "name": step.name, "sampling_params": step.sampling_params(),
-                **step.logprob_options()}
-    if isinstance(step, SelectStep):
-        if step.method.name not in SERVER_SELECT_METHODS:
-            raise UnsupportedFeatureError("custom choices methods in a program request", RuntimeEndpoint.name,
-                                          node=step.node)
-        return {"type": "select", "node": step.node, "name": step.name, "choices": list(step.choices),
-                "temperature": step.temperature, "method": step.method.name}
-    raise TypeError(f"unknown segment step {type(step).__name__}")
+    if not isinstance(step, SelectStep):
+        return step.native()
+    if step.method.name not in SERVER_SELECT_METHODS:
+        raise UnsupportedFeatureError("custom choices methods in a program request", RuntimeEndpoint.name,
+                                      node=step.node)
+    return {"type": "select", "node": step.node, "name": step.name, "choices": list(step.choices),
+            "temperature": step.temperature, "method": step.method.name}
 
 
 def _server_template(model_info: Mapping[str, Any]) -> JinjaTemplate | None:

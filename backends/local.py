@@ -17,8 +17,8 @@ from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Mapping, Sequence, TypeVar
 
 from backends.base import (
-    Backend, Capabilities, GenerateCall, Generation, GenStep, Prompt, SegmentCall, SegmentError, SegmentResult,
-    SelectCall, SelectStep, StepOutput, TextStep,
+    Backend, Capabilities, GenerateCall, Generation, Prompt, SegmentCall, SegmentError, SegmentResult, SelectCall,
+    SelectStep, StepOutput,
 )
 from backends.scoring import EngineScorer, score_choices
 from sglang_dsl.lang.choices import ChoicesDecision
@@ -98,7 +98,7 @@ class Runtime(Backend):
                                    else r.meta_info) for r in output.steps)
         if output.error is not None:
             raise SegmentError(f"the runtime aborted the request: {output.error}",
-                               node=_failed_node(call, len(outputs)), completed=outputs)
+                               node=call.failed_node(len(outputs)), completed=outputs)
         return SegmentResult(outputs)
 
     async def cache_prefix(self, prompt: Prompt) -> None:
@@ -227,20 +227,9 @@ def _program_step(step: Any) -> Any:
     """A segment step as the engine takes it (a select keeps its method object: custom methods run too)."""
     from runtime.program import ProgramSelect
 
-    if isinstance(step, TextStep):
-        return {"type": "text", "text": step.text}
-    if isinstance(step, GenStep):
-        return {"type": "gen", "node": step.node, "name": step.name, "sampling_params": step.sampling_params(),
-                **step.logprob_options()}
     if isinstance(step, SelectStep):
         return ProgramSelect(step.node, step.name, step.choices, step.temperature, step.method)
-    raise TypeError(f"unknown segment step {type(step).__name__}")
-
-
-def _failed_node(call: SegmentCall, completed: int) -> str:
-    """The node of the first gen/select step that did not complete."""
-    calls = [step for step in call.steps if not isinstance(step, TextStep)]
-    return calls[min(completed, len(calls) - 1)].node if calls else call.node
+    return step.native()
 
 
 def _finished(output: Any) -> Any:

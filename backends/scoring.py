@@ -73,13 +73,12 @@ async def score_choices(scorer: TokenScorer, call: "SelectCall") -> ChoicesDecis
     conditional = plan.conditional(prefilled.next_token_logprobs or {}, [o.input_token_logprobs for o in outputs])
     unconditional = None
     if call.method.requires_unconditional_logprobs:
-        unconditional = await _unconditional(scorer, [ids[start:] for ids, start in zip(plan.prompts, plan.starts)])
+        unconditional = await _unconditional(scorer, plan.choice_tokens)
     decision = decide(call.method, call.choices, call.temperature, conditional, unconditional)
-    row_cached = {row.choice: o.cached_tokens for row, o in zip(rows, outputs)}
     decision.meta_info.update(
         prompt_tokens=len(prefix),
         cached_tokens=prefilled.cached_tokens,
-        choices_cached_tokens=[row_cached.get(i) for i in range(len(call.choices))],
+        choices_cached_tokens=plan.by_choice([o.cached_tokens for o in outputs]),
     )
     return decision
 

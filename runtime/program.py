@@ -8,10 +8,12 @@ A `ProgramRequest` is a prompt and its steps. The scheduler admits it once and k
   are extended (when re-tokenizing merges a boundary token, the KV is cut back to the common token prefix first);
 - a `ProgramGen` step decodes with its own sampling parameters, stop conditions and constraint (compiled before
   the request is queued); its text is appended;
-- a `ProgramSelect` step scores every choice over the request's committed prefix in one batched extend (one
-  scoring row per choice, plus one per choice after BOS alone for methods that need unconditional
-  likelihoods), decides with the step's choices method (`sglang_dsl.compiler.choice_methods`, shared with
-  `backends.scoring`, which scores one ``select`` per call the same way), and appends the chosen choice.
+- a `ProgramSelect` step scores its choices over the request's committed prefix as the select plan says
+  (`sglang_dsl.compiler.choice_scoring`: the prefix step returns the choices' first-token logprobs, then one
+  batched extend of a row per longer choice, plus one per choice after BOS alone for methods that need
+  unconditional likelihoods), decides with the step's choices method (`sglang_dsl.compiler.choice_methods`,
+  shared with `backends.scoring`, which scores one ``select`` per call the same way), and appends the chosen
+  choice.
 
 The result is a `ProgramOutput`: one `StepResult` per gen/select step (the gen's `GenerateOutput` and
 `GenerateRequest`, so callers build the same meta as for ``/generate``; a select's decision meta) and all text the

@@ -40,12 +40,9 @@ class ProgramRun:
         self.closed = False
         self._next = 0
         self._plan: ChoiceScoring | None = None
-        self._next_token_logprobs: dict = {}
+        self._prefix: GenerateOutput | None = None  # the output of the current select's prefix step
         self._scoring: list[GenerateOutput | None] = []
         self._scoring_requests: list[GenerateRequest] = []
-        self._head = 0
-        self._prefix_tokens = 0
-        self._prefix_cached = 0
 
     # ---- steps ------------------------------------------------------------------------------------------
 
@@ -99,17 +96,18 @@ class ProgramRun:
         rows = [GenerateRequest(f"{rid}/choice{row.choice}", row.input_ids, ZERO_TOKENS,
                                 LogprobRequest(logprob_start_len=row.logprob_start_len, **SCORING_LOGPROBS))
                 for row in plan.rows]
-        bos = self.tokenizer.bos_token_id
-        head = (bos,) if bos is not None else ()
         if step.method.requires_unconditional_logprobs:
-            rows += [GenerateRequest(f"{rid}/unconditional{i}", (*head, *ids[start:]), ZERO_TOKENS,
+            rows += [GenerateRequest(f"{rid}/unconditional{i}", (*self._bos(), *tokens), ZERO_TOKENS,
                                      LogprobRequest(logprob_start_len=0, **SCORING_LOGPROBS))
-                     for i, (ids, start) in enumerate(zip(plan.prompts, plan.starts)) if ids[start:]]
-        self._next_token_logprobs = next_token_entries(prefix.output_token_ids_logprobs) or {}
-        self._head = len(head)
+                     for i, tokens in enumerate(plan.choice_tokens) if tokens]
+        self._prefix = prefix
         self._scoring, self._scoring_requests = [None] * len(rows), rows
-        self._prefix_tokens, self._prefix_cached = prefix.prompt_tokens, prefix.cached_tokens
         return rows
+
+    def _bos(self) -> tuple[int, ...]:
+        """What an unconditional row puts before a choice's tokens."""
+        bos = self.tokenizer.bos_token_id
+        return (bos,) if bos is not None else ()
 
     def scoring_listener(self, index: int) -> Callable[[GenerateOutput], None]:
         def take(output: GenerateOutput) -> None:
@@ -134,23 +132,23 @@ class ProgramRun:
 
     def decide_select(self) -> str:
         """Decide the current select from its scored rows; record and append the choice."""
-        step, plan = self.step, self._plan
-        assert isinstance(step, ProgramSelect) and plan is not None and self.scoring_complete
+        step, plan, prefix = self.step, self._plan, self._prefix
+        assert isinstance(step, ProgramSelect) and plan is not None and prefix is not None and self.scoring_complete
         count = len(plan.rows)
         outputs = self._scoring
-        conditional = plan.conditional(self._next_token_logprobs, [o.input_token_logprobs for o in outputs[:count]])
+        next_tokens = next_token_entries(prefix.output_token_ids_logprobs) or {}
+        conditional = plan.conditional(next_tokens, [o.input_token_logprobs for o in outputs[:count]])
         unconditional = None
         if step.method.requires_unconditional_logprobs:
-            extra = iter(outputs[count:])
-            unconditional = [list(next(extra).input_token_logprobs)[self._head:] if ids[start:] else []
-                             for ids, start in zip(plan.prompts, plan.starts)]
+            extra, head = iter(outputs[count:]), len(self._bos())
+            unconditional = [list(next(extra).input_token_logprobs)[head:] if tokens else []
+                             for tokens in plan.choice_tokens]
         decision = decide(step.method, step.choices, step.temperature, conditional, unconditional)
-        row_cached = {row.choice: o.cached_tokens for row, o in zip(plan.rows, outputs)}
-        decision.meta_info.update(prompt_tokens=self._prefix_tokens, cached_tokens=self._prefix_cached,
-                                  choices_cached_tokens=[row_cached.get(i) for i in range(len(step.choices))])
+        decision.meta_info.update(prompt_tokens=prefix.prompt_tokens, cached_tokens=prefix.cached_tokens,
+                                  choices_cached_tokens=plan.by_choice([o.cached_tokens for o in outputs[:count]]))
         self.results.append(StepResult(step.node, step.name, decision.decision, meta_info=decision.meta_info))
         self.text += decision.decision
-        self._scoring, self._scoring_requests, self._plan = [], [], None
+        self._scoring, self._scoring_requests, self._plan, self._prefix = [], [], None, None
         return decision.decision
 
     # ---- the end -----------------------------------------------------------------------------------------

@@ -19,9 +19,11 @@ back together, one list per choice covering exactly the choice's tokens. Both th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeVar
 
 from sglang_dsl.compiler.choice_methods import LogprobEntry, common_length
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,18 @@ class ChoiceScoring:
                     rows.append(ChoiceRow(i, ids, start - 1))
             starts.append(start)
         return cls(prompts, tuple(starts), tuple(firsts), tuple(rows))
+
+    @property
+    def choice_tokens(self) -> list[tuple[int, ...]]:
+        """Each choice's own tokens (what its unconditional likelihood scores)."""
+        return [ids[start:] for ids, start in zip(self.prompts, self.starts)]
+
+    def by_choice(self, row_values: Sequence[T]) -> list[T | None]:
+        """Per choice, the value of its row (``row_values`` in the order of ``rows``); None without a row."""
+        values: list[T | None] = [None] * len(self.prompts)
+        for row, value in zip(self.rows, row_values):
+            values[row.choice] = value
+        return values
 
     @property
     def next_token_ids(self) -> tuple[int, ...]:

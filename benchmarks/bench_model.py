@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.args import RuntimeArgs
+from runtime.attention import flashinfer_backend
 from runtime.model_runner import ModelRunner
 from runtime.sequences import Sequences
 
@@ -92,7 +93,11 @@ def main() -> None:
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
     parser.add_argument("--cuda-graph-max-bs", type=int, default=RuntimeArgs.cuda_graph_max_bs,
                         help="replay CUDA graphs for decode batches up to this size (0: off)")
+    parser.add_argument("--flashinfer-prefill", choices=["fa2", "fa3"], default=None,
+                        help="FlashInfer prefill kernels (the runtime pins fa2; fa3 to compare, see docs/benchmarks.md)")
     args = parser.parse_args()
+    if args.flashinfer_prefill:
+        flashinfer_backend.PREFILL_BACKEND = args.flashinfer_prefill
 
     runner = ModelRunner(RuntimeArgs(
         model=args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,

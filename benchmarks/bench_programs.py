@@ -35,6 +35,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import sglang_dsl as sgl
+from runtime.attention import flashinfer_backend
 from sglang_dsl.lang.config import global_config
 from sglang_dsl.lang.planned_batch import plan_for
 
@@ -259,7 +260,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES,
                         help="modes to run (the ideal needs eager)")
+    parser.add_argument("--flashinfer-prefill", choices=["fa2", "fa3"], default=None,
+                        help="FlashInfer prefill kernels (the runtime pins fa2; fa3 to compare, see docs/benchmarks.md)")
     args = parser.parse_args()
+    if args.flashinfer_prefill:
+        flashinfer_backend.PREFILL_BACKEND = args.flashinfer_prefill
     console = Console(width=170)
     chosen = [w for w in workloads(args) if args.only is None or w.name in args.only]
     results = measure(args, chosen)

@@ -6,6 +6,8 @@ and outlines-core when they can be imported (benchmark-only extras, never depend
     python benchmarks/bench_constraints.py --jump-forward       # also: decode steps with / without jump-forward
                                                                 #   on SmolLM2 (loads the model)
     python benchmarks/bench_constraints.py --workloads regex_ipv4 json_grammar_ebnf   # only these rows
+    python benchmarks/bench_constraints.py --stages             # also: where our cold compile and first pass
+                                                                #   spend their time, stage by stage
 
 Workloads (as in ../shared/reference/constrained_anchors.md §6): an 8-property JSON schema (nested object, enum,
 array of strings, bounded integer, date-time), email / IPv4 / date regexes, and a JSON grammar in EBNF. Each is
@@ -224,6 +226,70 @@ def run_outlines(vocab: Vocabulary, eos: int, regex: str, tokens: list[int]) -> 
     return {"compile_cold_s": cold, "first_pass": passes[0], "steady": passes[1]}
 
 
+# ---- stages of our compile ----------------------------------------------------------------------------------
+
+
+def median_ms(make, repeats: int = 5) -> float:
+    """Median wall time of ``make()`` over ``repeats`` calls, in ms."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        make()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def stage_times(vocab: Vocabulary, grammar_tokens: list[int]) -> dict:
+    """Our cold compile split into stages, each timed on fresh objects in a process whose libraries are loaded
+    (interegular's and lark's imports, and lark's grammar-of-grammars parser, are once-per-process costs), and
+    the grammar's first pass split into the masks it computes."""
+    import interegular
+
+    from sglang_dsl.compiler.grammar import GrammarMatcher
+    from sglang_dsl.compiler.lark_grammar import load_grammar
+    from sglang_dsl.compiler.automaton import regex_to_dfa
+    from sglang_dsl.compiler.regex_syntax import normalize_regex
+    from sglang_dsl.compiler.token_index import TokenIndex
+
+    out: dict = {}
+    for name, (regex, _) in REGEXES.items():
+        dfa = regex_to_dfa(regex)
+        out[f"regex_{name}"] = {
+            "interegular parse": median_ms(lambda: interegular.parse_pattern(normalize_regex(regex))),
+            "byte DFA (parse included)": median_ms(lambda: regex_to_dfa(regex)),
+            f"token index ({dfa.num_states} states)": median_ms(lambda: TokenIndex.build(dfa, vocab))}
+    load = load_grammar.__wrapped__  # past the lru_cache
+    grammar = load(JSON_EBNF)
+    load_ms = median_ms(lambda: load(JSON_EBNF))
+    terminals_ms = median_ms(lambda: [regex_to_dfa(t.regex) for t in grammar.terminals])
+    matcher = GrammarMatcher(grammar, vocab)
+    start_mask_ms = median_ms(lambda: GrammarMatcher(grammar, vocab).mask(matcher.start()))
+    masks_before = matcher.num_config_masks
+    state, first_pass = matcher.start(), 0.0
+    for token in grammar_tokens:
+        started = time.perf_counter()
+        matcher.mask(state)
+        first_pass += time.perf_counter() - started
+        state = matcher.advance(state, token)
+    new_masks = matcher.num_config_masks - masks_before
+    out["json_grammar_ebnf"] = {
+        "lark: the grammar's LALR parser": load_ms - terminals_ms,
+        f"terminal DFAs ({len(grammar.terminals)})": terminals_ms,
+        "matcher: first lexer": median_ms(lambda: GrammarMatcher(grammar, vocab)),
+        "matcher + start mask": start_mask_ms,
+        f"first pass, start mask included: {new_masks} masks": first_pass * 1e3,
+        "first pass: per configuration mask": first_pass * 1e3 / max(1, new_masks)}
+    return out
+
+
+def print_stages(stages: dict) -> None:
+    print("\nstages of our cold compile (median of 5, libraries loaded), ms")
+    for workload, parts in stages.items():
+        print(f"  {workload}")
+        for stage, ms in parts.items():
+            print(f"    {stage:42s} {ms:8.2f}")
+
+
 # ---- jump-forward -----------------------------------------------------------------------------------------------
 
 LONG_KEYS = {
@@ -290,6 +356,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="sampled generations per jump-forward setting")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--workloads", nargs="+", help="run only these workloads (default: all)")
+    parser.add_argument("--stages", action="store_true", help="also time the stages of our cold compile")
     args = parser.parse_args()
     if args.extras and os.path.isdir(args.extras):
         sys.path.append(args.extras)
@@ -342,6 +409,10 @@ def main() -> None:
             row["outlines_core"] = run_outlines(vocab, eos, regex, tokens)
         results["workloads"][name] = row
         print_row(name, row)
+    if args.stages:
+        grammar_tokens = tokenizer.encode(JSON_GRAMMAR_TEXT, add_special_tokens=False)
+        results["stages_ms"] = stage_times(vocab, grammar_tokens)
+        print_stages(results["stages_ms"])
     if args.jump_forward:
         results["jump_forward"] = jump_forward_steps(args.samples)
         print(json.dumps(results["jump_forward"], indent=2))

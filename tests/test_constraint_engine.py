@@ -272,7 +272,7 @@ NUMBER: /[0-9]{1,3}/
 def parses(grammar: str, text: str) -> bool:
     import lark
 
-    from sglang_dsl.compiler.grammar import load_grammar
+    from sglang_dsl.compiler.lark_grammar import load_grammar
 
     try:
         lark.Lark(load_grammar(grammar).source, parser="earley", lexer="dynamic_complete").parse(text)

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sglang_dsl.compiler.errors import GrammarError
-from sglang_dsl.compiler.grammar import GrammarMatcher, compile_grammar, gbnf_to_lark, load_grammar
+from sglang_dsl.compiler.gbnf import gbnf_to_lark
+from sglang_dsl.compiler.grammar import GrammarMatcher, compile_grammar
+from sglang_dsl.compiler.lark_grammar import load_grammar
 from sglang_dsl.compiler.vocabulary import Vocabulary
 from test_constraint_regex import smollm2_tokenizer, smollm2_vocab  # noqa: F401
 

@@ -95,7 +95,7 @@ def check_constraint(spec: ConstraintSpec) -> None:
     """Fast checks (milliseconds) that catch malformed and unsupported constraints before any compiling: regex
     syntax and features, schema keywords, grammar syntax. Raises `ConstraintError`."""
     if spec.kind == "ebnf":
-        from sglang_dsl.compiler.grammar import check_grammar
+        from sglang_dsl.compiler.lark_grammar import check_grammar
 
         check_grammar(spec.source)
         return

@@ -31,134 +31,20 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
 
 import numpy as np
 
-from sglang_dsl.compiler.automaton import ByteDFA, regex_to_dfa
-from sglang_dsl.compiler.errors import ConstraintError, GrammarError
-from sglang_dsl.compiler.gbnf import gbnf_to_lark, is_gbnf
+from sglang_dsl.compiler.grammar_lexer import ContextualLexer, build_lexer
+from sglang_dsl.compiler.lark_grammar import Grammar, load_grammar
 from sglang_dsl.compiler.lalr_stack import LalrStacks, StackTopCache
-from sglang_dsl.compiler.token_index import TokenIndex, packed_words
+from sglang_dsl.compiler.token_index import packed_words
 from sglang_dsl.compiler.vocabulary import Vocabulary
 
 MAX_CONFIGURATIONS = 64  # parallel lexing/parsing hypotheses kept per state (each one completable)
-MAX_LEXER_STATES = 50_000
 CACHE_ITEMS = 2048  # masks kept per matcher (each V/8 bytes); other per-stack caches are cleared past 64x this
 Config = tuple[tuple, int, int]  # one hypothesis: (LALR stack, lexer id, lexer state)
 MAX_MASK_DEPTH = 4  # configurations whose masks are computed one inside the other; deeper, tokens are walked
-
-# lark's common.lark spells these with a look-behind, which no automaton supports: equivalent plain regexes
-_COMMON_REPLACEMENTS = {
-    "ESCAPED_STRING": r'"([^"\\\n]|\\[^\n])*"',
-    "_STRING_ESC_INNER": r'([^"\\\n]|\\[^\n])*',
-}
-
-
-# ---- loading ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Terminal:
-    name: str
-    regex: str
-    dfa: ByteDFA
-
-
-@dataclass(frozen=True, eq=False)
-class Grammar:
-    """A grammar's terminals (as DFAs), its LALR table in plain Python, and its ignored terminals."""
-
-    source: str
-    terminals: tuple[_Terminal, ...]
-    ignore: frozenset[int]
-    actions: tuple[dict, ...]  # per LALR state: symbol -> (True, next state) | (False, (pop count, nonterminal))
-    start_state: int
-    end_state: int
-
-    @property
-    def terminal_index(self) -> dict[str, int]:
-        return {t.name: i for i, t in enumerate(self.terminals)}
-
-
-def check_grammar(text: str) -> None:
-    """Parse the grammar and compile its terminals (fast; cached). Raises `GrammarError`."""
-    load_grammar(text)
-
-
-@lru_cache(maxsize=64)
-def load_grammar(text: str) -> Grammar:
-    if not isinstance(text, str) or not text.strip():
-        raise GrammarError("a grammar must be non-empty text")
-    source = gbnf_to_lark(text) if is_gbnf(text) else text
-    import lark
-    from lark.exceptions import GrammarError as LarkGrammarError
-    from lark.exceptions import LarkError
-
-    try:
-        with _no_lark_collision_checks():
-            parser = lark.Lark(source, parser="lalr", lexer="basic", start="start")
-    except LarkGrammarError as err:
-        message = str(err).strip()
-        if "conflict" in message.lower() or "collision" in message.lower():
-            raise GrammarError(f"grammar is not LALR(1): {message}") from None
-        raise GrammarError(f"grammar: {message}") from None
-    except LarkError as err:
-        raise GrammarError(f"grammar does not parse: {str(err).strip()}") from None
-    terminals = []
-    for term in parser.terminals:
-        regex = _COMMON_REPLACEMENTS.get(term.name) or term.pattern.to_regexp()
-        flags = "".join(sorted(term.pattern.flags))
-        if flags:
-            regex = f"(?{flags}:{regex})"
-        try:
-            dfa = regex_to_dfa(regex)
-        except ConstraintError as err:
-            raise GrammarError(f"terminal {term.name}: {err}") from None
-        if dfa.accepting[dfa.initial]:
-            raise GrammarError(f"terminal {term.name} matches the empty string")
-        terminals.append(_Terminal(term.name, regex, dfa))
-    table = parser.parser.parser.parser.parse_table
-    states = {}
-    for state, row in table.states.items():
-        actions = {}
-        for symbol, (action, arg) in row.items():
-            if action.name == "Shift":
-                actions[symbol] = (True, arg)
-            else:
-                actions[symbol] = (False, (len(arg.expansion), arg.origin.name))
-        states[state] = actions
-    n = max(states) + 1
-    names = {t.name: i for i, t in enumerate(terminals)}
-    return Grammar(
-        source=source,
-        terminals=tuple(terminals),
-        ignore=frozenset(names[name] for name in parser.ignore_tokens if name in names),
-        actions=tuple(states.get(i, {}) for i in range(n)),
-        start_state=table.start_states["start"],
-        end_state=table.end_states["start"],
-    )
-
-
-_LARK_LOCK = threading.Lock()
-
-
-@contextmanager
-def _no_lark_collision_checks():
-    """lark checks every pair of regex terminals for overlaps with interegular when it builds a lexer, its own
-    grammar-of-grammars' lexer included (once per process): 0.3 s of warnings that change nothing (our lexers
-    follow every split). lark reads the switch from a module global, so it is turned off while lark builds."""
-    import lark.lexer
-
-    with _LARK_LOCK:
-        saved = lark.lexer.has_interegular
-        lark.lexer.has_interegular = False
-        try:
-            yield
-        finally:
-            lark.lexer.has_interegular = saved
 
 
 def compile_grammar(text: str, vocab: Vocabulary) -> "GrammarMatcher":
@@ -166,82 +52,6 @@ def compile_grammar(text: str, vocab: Vocabulary) -> "GrammarMatcher":
     matcher = GrammarMatcher(load_grammar(text), vocab)
     matcher.mask(matcher.start())
     return matcher
-
-
-# ---- lexers -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Lexer:
-    """The union of some terminals as one byte DFA; a state is the set of (terminal, terminal state) pairs the
-    partial lexeme is in. ``complete[s]``: terminals the lexeme matches in full at ``s``."""
-
-    id: int
-    terms: tuple[int, ...]
-    dfa: ByteDFA
-    complete: list[tuple[int, ...]]
-    members: list[tuple]  # per state: ((terminal, terminal state), ...), which alone decides what can follow
-    index: TokenIndex
-
-    @cached_property
-    def live_rows(self) -> np.ndarray:
-        """``[S + 1, 256]`` bool: the bytes that lead each state to a live one."""
-        return self.dfa.transitions != self.dfa.dead
-
-
-def _build_lexer(lexer_id: int, terms: tuple[int, ...], grammar: Grammar, vocab: Vocabulary, moves: dict
-                 ) -> _Lexer:
-    """The lexer over ``terms`` (ascending); ``moves`` caches `_moves` across the lexers of one grammar."""
-    start = tuple((t, grammar.terminals[t].dfa.initial) for t in terms)
-    states = {start: 0}
-    order = [start]
-    rows: list[np.ndarray] = []
-    i = 0
-    while i < len(order):
-        members = order[i]
-        i += 1
-        found = moves.get(members)
-        if found is None:
-            found = moves[members] = _moves(members, grammar)
-        live, which, targets = found
-        ids = []
-        for target in targets:
-            state = states.get(target)
-            if state is None:
-                state = states[target] = len(order)
-                order.append(target)
-                if len(order) > MAX_LEXER_STATES:
-                    raise GrammarError(f"the terminals {', '.join(grammar.terminals[t].name for t in terms)} "
-                                       f"make a lexer of more than {MAX_LEXER_STATES} states")
-            ids.append(state)
-        row = np.full(256, -1, dtype=np.int64)
-        row[live] = np.array(ids, dtype=np.int64)[which]
-        rows.append(row)
-    n = len(order)
-    complete = [tuple(t for t, s in members if grammar.terminals[t].dfa.accepting[s]) for members in order]
-    transitions = np.full((n + 1, 256), n, dtype=np.int32)
-    transitions[:n] = np.where(np.stack(rows) < 0, n, np.stack(rows))
-    accepting = np.zeros(n + 1, dtype=bool)
-    accepting[:n] = [bool(c) for c in complete]
-    dfa = ByteDFA(transitions, accepting, 0)
-    index = TokenIndex.build(dfa, vocab, lazy=True, eos=False, check=False)
-    return _Lexer(lexer_id, terms, dfa, complete, order, index)
-
-
-def _moves(members: tuple, grammar: Grammar) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
-    """Where a lexer state with these (terminal, terminal state) members goes: the bytes that lead somewhere,
-    for each of them an index into the list of target members (bytes leading to the same members share one)."""
-    if not members:  # a lexer over no terminal (nothing may follow)
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), []
-    dfas = [grammar.terminals[t].dfa for t, _ in members]
-    nexts = np.stack([d.transitions[s] for d, (_, s) in zip(dfas, members)])
-    alive = nexts != np.array([d.dead for d in dfas])[:, None]
-    live = np.flatnonzero(alive.any(axis=0))
-    table = np.ascontiguousarray(np.where(alive, nexts, -1)[:, live].T)
-    rows_as_bytes = table.view(np.dtype((np.void, table.shape[1] * table.itemsize))).reshape(-1)
-    _, first, which = np.unique(rows_as_bytes, return_index=True, return_inverse=True)
-    targets = [tuple((members[j][0], c) for j, c in enumerate(column) if c >= 0) for column in table[first].tolist()]
-    return live, which.reshape(-1), targets
 
 
 # ---- the matcher ------------------------------------------------------------------------------------------------
@@ -288,10 +98,10 @@ class GrammarMatcher:
         self.vocab = vocab
         self.parser = LalrStacks(grammar.actions, [t.name for t in grammar.terminals], grammar.end_state)
         self.words = packed_words(vocab.size)
-        self._lexers: list[_Lexer] = []
+        self._lexers: list[ContextualLexer] = []
         self._lexer_ids: dict[frozenset[int], int] = {}
         self._lexer_after: dict[frozenset, int] = {}  # acceptable terminals -> lexer id
-        self._lexer_moves: dict[tuple, tuple] = {}  # lexer-state members -> `_moves`, shared by all lexers
+        self._lexer_moves: dict[tuple, tuple] = {}  # lexer-state members -> `grammar_lexer._moves`, shared by all lexers
         self._config_masks = StackTopCache(self.parser, CACHE_ITEMS)  # (lexer, state) -> mask
         self._state_masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
         self._rows: dict[tuple, np.ndarray] = {}  # lexer-state members -> tokens that stay inside the lexeme
@@ -311,11 +121,11 @@ class GrammarMatcher:
 
     # ---- configurations ---------------------------------------------------------------------------------------
 
-    def _lexer(self, terms: frozenset[int]) -> _Lexer:
+    def _lexer(self, terms: frozenset[int]) -> ContextualLexer:
         lexer_id = self._lexer_ids.get(terms)
         if lexer_id is None:
             lexer_id = len(self._lexers)
-            self._lexers.append(_build_lexer(lexer_id, tuple(sorted(terms)), self.grammar, self.vocab,
+            self._lexers.append(build_lexer(lexer_id, tuple(sorted(terms)), self.grammar, self.vocab,
                                              self._lexer_moves))
             self._lexer_ids[terms] = lexer_id
         return self._lexers[lexer_id]
@@ -328,7 +138,7 @@ class GrammarMatcher:
             lexer_id = self._lexer_after[acceptable] = self._lexer(acceptable | self.grammar.ignore).id
         return (stack, lexer_id, 0)
 
-    def _after_lexeme(self, stack: tuple, lexer: _Lexer, state: int) -> list[Config]:
+    def _after_lexeme(self, stack: tuple, lexer: ContextualLexer, state: int) -> list[Config]:
         """Configurations starting a new lexeme once the current one ends in lexer ``state``."""
         return self._after_complete(stack, lexer.complete[state])
 
@@ -351,7 +161,7 @@ class GrammarMatcher:
         self._after[key] = (configs, self.parser.end(saved))
         return configs
 
-    def _ending(self, lexer: _Lexer, state: int) -> list[tuple[int, ...]]:
+    def _ending(self, lexer: ContextualLexer, state: int) -> list[tuple[int, ...]]:
         """Per next byte, the terminals the lexeme may end as in ``state``. An ignored lexeme (whitespace) ends
         only where the next byte cannot extend it, as lark's lexer reads it: splitting a run of whitespace in two
         gives the same text, so this loses nothing and keeps the number of parses down."""
@@ -551,7 +361,7 @@ class GrammarMatcher:
                 row[token >> 5] |= np.uint32(1 << (token & 31))
         return row
 
-    def _inside_row(self, lexer: _Lexer, state: int) -> np.ndarray:
+    def _inside_row(self, lexer: ContextualLexer, state: int) -> np.ndarray:
         """Tokens whose bytes all continue the current lexeme (shared by all lexers with the same members)."""
         key = lexer.members[state]
         row = self._rows.get(key)
@@ -559,7 +369,7 @@ class GrammarMatcher:
             row = self._rows[key] = lexer.index.row(state)
         return row
 
-    def _crossings_of(self, lexer: _Lexer, state: int) -> list["_Crossings"]:
+    def _crossings_of(self, lexer: ContextualLexer, state: int) -> list["_Crossings"]:
         """Tokens that complete the lexeme strictly inside themselves, grouped by the completed terminals."""
         key = lexer.members[state]
         found = self._crossings.get(key)
@@ -581,7 +391,7 @@ class GrammarMatcher:
         found = self._crossings[key] = [_Crossings.of(complete, n, t, sf) for complete, (n, t, sf) in groups.items()]
         return found
 
-    def _ending_groups(self, lexer: _Lexer, state: int) -> list[tuple[tuple, np.ndarray | None]]:
+    def _ending_groups(self, lexer: ContextualLexer, state: int) -> list[tuple[tuple, np.ndarray | None]]:
         """The distinct non-empty endings of ``state`` with, for each, a [256] bool table of the next bytes it
         applies to (None: all of them)."""
         key = ("groups", lexer.id, state)
@@ -657,6 +467,11 @@ class GrammarMatcher:
     @property
     def num_lexers(self) -> int:
         return len(self._lexers)
+
+    @property
+    def num_config_masks(self) -> int:
+        """Configuration masks computed and still cached."""
+        return len(self._config_masks)
 
 
 def _set_bits(row: np.ndarray, groups: list[np.ndarray]) -> None:

@@ -109,6 +109,9 @@ class StackTopCache:
         self._values: OrderedDict[tuple, Any] = OrderedDict()
         self._depths: dict[Any, set[int]] = {}  # key -> sizes of the tops kept under it
 
+    def __len__(self) -> int:
+        return len(self._values)
+
     def get(self, key, stack: tuple) -> Any:
         """The value kept for ``key`` and a top of ``stack``, or None; its read is noted on the parser."""
         for depth in self._depths.get(key, ()):

@@ -1,0 +1,122 @@
+"""A grammar text (lark EBNF, or llama.cpp GBNF converted to it) read by ``lark``: its terminals as byte DFAs
+(through the regex pipeline) and its LALR(1) table in plain Python, for `grammar.GrammarMatcher`."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sglang_dsl.compiler.automaton import ByteDFA, regex_to_dfa
+from sglang_dsl.compiler.errors import ConstraintError, GrammarError
+from sglang_dsl.compiler.gbnf import gbnf_to_lark, is_gbnf
+
+# lark's common.lark spells these with a look-behind, which no automaton supports: equivalent plain regexes
+_COMMON_REPLACEMENTS = {
+    "ESCAPED_STRING": r'"([^"\\\n]|\\[^\n])*"',
+    "_STRING_ESC_INNER": r'([^"\\\n]|\\[^\n])*',
+}
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """A terminal: its lark name, its regex, and that regex as a byte DFA."""
+
+    name: str
+    regex: str
+    dfa: ByteDFA
+
+
+@dataclass(frozen=True, eq=False)
+class Grammar:
+    """A grammar's terminals (as DFAs), its LALR table in plain Python, and its ignored terminals."""
+
+    source: str
+    terminals: tuple[Terminal, ...]
+    ignore: frozenset[int]
+    actions: tuple[dict, ...]  # per LALR state: symbol -> (True, next state) | (False, (pop count, nonterminal))
+    start_state: int
+    end_state: int
+
+    @property
+    def terminal_index(self) -> dict[str, int]:
+        return {t.name: i for i, t in enumerate(self.terminals)}
+
+
+def check_grammar(text: str) -> None:
+    """Parse the grammar and compile its terminals (fast; cached). Raises `GrammarError`."""
+    load_grammar(text)
+
+
+@lru_cache(maxsize=64)
+def load_grammar(text: str) -> Grammar:
+    if not isinstance(text, str) or not text.strip():
+        raise GrammarError("a grammar must be non-empty text")
+    source = gbnf_to_lark(text) if is_gbnf(text) else text
+    import lark
+    from lark.exceptions import GrammarError as LarkGrammarError
+    from lark.exceptions import LarkError
+
+    try:
+        with _no_lark_collision_checks():
+            parser = lark.Lark(source, parser="lalr", lexer="basic", start="start")
+    except LarkGrammarError as err:
+        message = str(err).strip()
+        if "conflict" in message.lower() or "collision" in message.lower():
+            raise GrammarError(f"grammar is not LALR(1): {message}") from None
+        raise GrammarError(f"grammar: {message}") from None
+    except LarkError as err:
+        raise GrammarError(f"grammar does not parse: {str(err).strip()}") from None
+    terminals = []
+    for term in parser.terminals:
+        regex = _COMMON_REPLACEMENTS.get(term.name) or term.pattern.to_regexp()
+        flags = "".join(sorted(term.pattern.flags))
+        if flags:
+            regex = f"(?{flags}:{regex})"
+        try:
+            dfa = regex_to_dfa(regex)
+        except ConstraintError as err:
+            raise GrammarError(f"terminal {term.name}: {err}") from None
+        if dfa.accepting[dfa.initial]:
+            raise GrammarError(f"terminal {term.name} matches the empty string")
+        terminals.append(Terminal(term.name, regex, dfa))
+    table = parser.parser.parser.parser.parse_table
+    states = {}
+    for state, row in table.states.items():
+        actions = {}
+        for symbol, (action, arg) in row.items():
+            if action.name == "Shift":
+                actions[symbol] = (True, arg)
+            else:
+                actions[symbol] = (False, (len(arg.expansion), arg.origin.name))
+        states[state] = actions
+    n = max(states) + 1
+    names = {t.name: i for i, t in enumerate(terminals)}
+    return Grammar(
+        source=source,
+        terminals=tuple(terminals),
+        ignore=frozenset(names[name] for name in parser.ignore_tokens if name in names),
+        actions=tuple(states.get(i, {}) for i in range(n)),
+        start_state=table.start_states["start"],
+        end_state=table.end_states["start"],
+    )
+
+
+_LARK_LOCK = threading.Lock()
+
+
+@contextmanager
+def _no_lark_collision_checks():
+    """lark checks every pair of regex terminals for overlaps with interegular when it builds a lexer, its own
+    grammar-of-grammars' lexer included (once per process): 0.3 s of warnings that change nothing (our lexers
+    follow every split). lark reads the switch from a module global, so it is turned off while lark builds."""
+    import lark.lexer
+
+    with _LARK_LOCK:
+        saved = lark.lexer.has_interegular
+        lark.lexer.has_interegular = False
+        try:
+            yield
+        finally:
+            lark.lexer.has_interegular = saved

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from sglang_dsl.compiler.automaton import regex_to_dfa
 from sglang_dsl.compiler.errors import SchemaError
-from sglang_dsl.compiler.json_schema import FORMATS as FORMAT_REGEXES
+from sglang_dsl.compiler.json_strings import FORMATS as FORMAT_REGEXES
 from sglang_dsl.compiler.json_schema import json_schema_to_regex
 from sglang_dsl.compiler.numeric_ranges import decimal_range_regex, integer_range_regex
 from sglang_dsl.compiler.token_index import TokenIndex

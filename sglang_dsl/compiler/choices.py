@@ -17,7 +17,8 @@ import re
 from typing import Any, Sequence
 
 from sglang_dsl.compiler.errors import ConstraintError
-from sglang_dsl.compiler.json_schema import STRING, schema_to_json_text
+from sglang_dsl.compiler.json_schema import schema_to_json_text
+from sglang_dsl.compiler.json_strings import STRING
 from sglang_dsl.compiler.regex_syntax import normalize_regex
 
 DTYPE_REGEXES = {

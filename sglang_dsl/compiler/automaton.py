@@ -221,6 +221,8 @@ class _CharDFA:
         nullable, first, last = g.build(tree, ip.REFlags(0))
         class_of, other, masks = _classes(g.sets)
         num_classes = other + 1
+        bits = {m: _bits(m) for m in set(masks)}
+        classes_of = [bits[m] for m in masks]  # per position: the character classes it matches
         start = frozenset({-1})
         follow = g.follow
         states: dict[frozenset, int] = {start: 0}
@@ -238,13 +240,12 @@ class _CharDFA:
                 candidates = set().union(*(follow[p] for p in current))
                 accepting.append(not current.isdisjoint(last))
             row = [-1] * num_classes
-            cand = sorted(candidates)
-            cand_masks = [masks[p] for p in cand]
-            for c in range(num_classes):
-                bit = 1 << c
-                nxt = frozenset(p for p, m in zip(cand, cand_masks) if m & bit)
-                if not nxt:
-                    continue
+            by_class: dict[int, list[int]] = {}
+            for p in sorted(candidates):
+                for c in classes_of[p]:
+                    by_class.setdefault(c, []).append(p)
+            for c in sorted(by_class):
+                nxt = frozenset(by_class[c])
                 target = states.get(nxt)
                 if target is None:
                     target = states[nxt] = len(order)
@@ -347,44 +348,26 @@ class _CharDFA:
             return out
 
         uniform: dict[int, dict[int, int]] = {}  # target -> lead transitions when every non-ASCII char goes there
+        ascii_class = np.full(128, self.other, dtype=np.int64)
+        for cp, k in named:
+            if cp < 128:
+                ascii_class[cp] = k
         table = np.full((n, 256), -1, dtype=np.int64)  # -1: no transition
-        accepting = list(self.accepting)
+        table[:, :128] = np.array(self.table, dtype=np.int64)[:, ascii_class]
+        wide = [(cp, k) for cp, k in named if cp >= 0x80]  # named non-ASCII characters
         for s in range(n):
             row = self.table[s]
             default = row[self.other]
-            starts: list[int] = []
-            targets: list[int] = []
-
-            def put(start: int, target: int) -> None:
-                if not targets or targets[-1] != target:
-                    starts.append(start)
-                    targets.append(target)
-
-            position = 0
-            for cp, k in named:
-                if cp > position:
-                    put(position, default)
-                put(cp, row[k])
-                position = cp + 1
-            if position <= 0x10FFFF:
-                put(position, default)
-            out = table[s]
-            i = 0
-            for b in range(128):
-                while i + 1 < len(starts) and starts[i + 1] <= b:
-                    i += 1
-                if targets[i] != DEAD:
-                    out[b] = targets[i]
-            j = bisect_right(starts, 0x80) - 1
-            if j + 1 == len(starts):  # all of non-ASCII goes one way (often nowhere): shared lead transitions
-                t = targets[j]
-                if t == DEAD:
-                    continue
-                leads = uniform.get(t)
-                if leads is None:
-                    leads = uniform[t] = lead_transitions([0, 0x80], [DEAD, t])
-            else:
+            if wide:
+                starts, targets = _pieces(wide, row, default)
                 leads = lead_transitions(starts, targets)
+            elif default == DEAD:
+                continue
+            else:  # all of non-ASCII goes one way: lead transitions shared by the states that go there
+                leads = uniform.get(default)
+                if leads is None:
+                    leads = uniform[default] = lead_transitions([0, 0x80], [DEAD, default])
+            out = table[s]
             for lead, t in leads.items():
                 out[lead] = t
         total = n + len(rows)
@@ -394,8 +377,40 @@ class _CharDFA:
             for b, t in r.items():
                 full[n + i, b] = t
         acc = np.zeros(total + 1, dtype=bool)
-        acc[:n] = accepting
+        acc[:n] = self.accepting
         return ByteDFA(full, acc, 0)
+
+
+def _bits(mask: int) -> list[int]:
+    """The positions of the set bits of ``mask``, ascending."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+def _pieces(wide: list[tuple[int, int]], row: list[int], default: int) -> tuple[list[int], list[int]]:
+    """The code point -> target map of one state from 0x80 up, as piecewise-constant (starts, targets), with the
+    ASCII range leading nowhere: the named non-ASCII characters ``wide`` go to their class's target in ``row``,
+    all others to ``default``."""
+    starts, targets = [0], [-1]
+
+    def put(start: int, target: int) -> None:
+        if targets[-1] != target:
+            starts.append(start)
+            targets.append(target)
+
+    position = 0x80
+    for cp, k in wide:
+        if cp > position:
+            put(position, default)
+        put(cp, row[k])
+        position = cp + 1
+    if position <= 0x10FFFF:
+        put(position, default)
+    return starts, targets
 
 
 def _classes(sets: list[_CharSet]) -> tuple[dict[str, int], int, list[int]]:

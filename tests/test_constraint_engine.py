@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 
@@ -167,6 +168,12 @@ def test_compiles_are_cached_in_memory_and_on_disk(engine, tmp_path):
     assert fresh.stats["disk_hits"] == 1 and time.perf_counter() - started < 0.5
     original = compiler.compile(spec)
     assert (matcher.index.masks == original.index.masks).all()
+    # a damaged entry (cut short) is compiled again, not trusted
+    (entry,) = Path(compiler.cache_dir).glob(f"{compiler.key(spec)}.*")
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    again = ConstraintCompiler(compiler.vocab, compiler.cache_dir)
+    assert (again.compile(spec).index.masks == original.index.masks).all()
+    assert again.stats["compiled"] == 1 and again.stats["disk_hits"] == 0
     # and a different tokenizer (vocabulary) never shares an entry
     other_vocab = type(compiler.vocab)(list(compiler.vocab.token_bytes[:-1]) + [b"zz"], compiler.vocab.eos_token_ids)
     assert ConstraintCompiler(other_vocab, compiler.cache_dir).key(spec) != compiler.key(spec)

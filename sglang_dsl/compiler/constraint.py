@@ -184,16 +184,16 @@ class ConstraintCompiler:
     # ---- disk -------------------------------------------------------------------------------------------------
 
     def _path(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{key}.npz"
+        return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
 
     def _load(self, key: str) -> Matcher | None:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as data:
-                dfa = ByteDFA(data["transitions"], data["accepting"], int(data["initial"]))
-                index = TokenIndex(dfa, self.vocab, data["masks"].copy(), data["ready"].copy())
+            with open(path, "rb") as f:  # .npy records one after another: read without a zip's checksums
+                transitions, accepting, initial, masks, ready = (np.load(f, allow_pickle=False) for _ in range(5))
+            index = TokenIndex(ByteDFA(transitions, accepting, int(initial)), self.vocab, masks, ready)
             if index.masks.shape[1] != (self.vocab.size + 31) // 32:
                 return None
             return RegexMatcher(index)
@@ -209,9 +209,10 @@ class ConstraintCompiler:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-                np.savez(f, transitions=index.dfa.transitions, accepting=index.dfa.accepting,
-                         initial=np.int64(index.dfa.initial), masks=index.masks, ready=index.ready,
-                         spec=np.frombuffer(json.dumps([spec.kind, spec.source]).encode(), dtype=np.uint8))
+                spec_bytes = np.frombuffer(json.dumps([spec.kind, spec.source]).encode(), dtype=np.uint8)
+                for array in (index.dfa.transitions, index.dfa.accepting, np.int64(index.dfa.initial), index.masks,
+                              index.ready, spec_bytes):
+                    np.save(f, array, allow_pickle=False)
             os.replace(f.name, path)
         except OSError as err:
             log.warning("cannot write the constraint cache entry %s: %s", path, err)

@@ -14,6 +14,8 @@ PREFIX = "sglang_dsl"
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 )
+# Host work of one step, from 10 us to 1 s.
+STEP_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class EngineMetrics:
@@ -22,7 +24,9 @@ class EngineMetrics:
     Series (all prefixed ``sglang_dsl_``): counters ``prompt_tokens_total``, ``generation_tokens_total``,
     ``cached_tokens_total``, ``requests_total{finish_reason}``; gauges ``num_running_requests``,
     ``num_queued_requests``, ``kv_cache_usage`` (0..1), ``cache_hit_rate`` (0..1); histograms
-    ``time_to_first_token_seconds``, ``inter_token_latency_seconds``, ``e2e_request_latency_seconds``."""
+    ``time_to_first_token_seconds``, ``inter_token_latency_seconds``, ``e2e_request_latency_seconds``,
+    ``constraint_mask_seconds`` (per step with constrained rows: the host time to build and apply their token
+    masks, the part of constrained decoding that grows with a grammar's first visits)."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -54,6 +58,9 @@ class EngineMetrics:
         self.e2e_request_latency = Histogram(
             f"{PREFIX}_e2e_request_latency_seconds", "Time from arrival to finish of a request.",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.constraint_mask = Histogram(
+            f"{PREFIX}_constraint_mask_seconds", "Host time per step to build and apply constrained rows' masks.",
+            buckets=STEP_BUCKETS, registry=r)
 
     # --- recording (called by the engine) ---
 
@@ -62,6 +69,9 @@ class EngineMetrics:
 
     def inter_token(self, seconds: float) -> None:
         self.inter_token_latency.observe(max(0.0, seconds))
+
+    def constraint_masks(self, seconds: float) -> None:
+        self.constraint_mask.observe(max(0.0, seconds))
 
     def request_finished(
         self, prompt_tokens: int, completion_tokens: int, cached_tokens: int, finish_type: str | None,

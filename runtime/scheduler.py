@@ -343,7 +343,12 @@ class Scheduler(ProgramSteps):
         params = [r.request.sampling for r in reqs]
         batch = SamplingBatch.build(params, self.runner.device, generator=self.generator)
         constraints = [r.constraint for r in reqs]
-        masked = apply_constraint_masks(logits, constraints) if any(constraints) else logits
+        masked = logits
+        if any(constraints):
+            started = time.perf_counter()
+            masked = apply_constraint_masks(logits, constraints)
+            if self.metrics is not None:
+                self.metrics.constraint_masks(time.perf_counter() - started)
         tokens = sample(masked, batch, [r.output_ids for r in reqs], [r.input_ids for r in reqs],
                         self.eos_token_ids).tolist()
         want = [i for i, r in enumerate(reqs) if r.request.logprobs.return_logprob]

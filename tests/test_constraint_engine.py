@@ -153,6 +153,17 @@ def test_requests_wait_for_their_compile_and_can_be_aborted_meanwhile(engine):
         engine.constraints.compile = original
 
 
+def test_steps_with_constrained_rows_record_their_mask_time(engine):
+    count = "sglang_dsl_constraint_mask_seconds_count"
+    before = engine.metrics.value(count)
+    engine.generate("free", {**SAMPLE, "max_new_tokens": 5})
+    assert engine.metrics.value(count) == before
+    out = engine.generate("digits", {**SAMPLE, "regex": r"[0-9]{6}"})
+    steps = engine.metrics.value(count) - before
+    assert fullmatch(r"[0-9]{6}", out.text) and 1 <= steps <= len(out.output_ids)
+    assert engine.metrics.value("sglang_dsl_constraint_mask_seconds_sum") > 0
+
+
 def test_compiles_are_cached_in_memory_and_on_disk(engine, tmp_path):
     compiler = engine.constraints.compiler
     pattern = r"[A-Z][a-z]{2,9} [A-Z][a-z]{2,9}"

@@ -22,6 +22,7 @@ def test_every_series_is_exposed_before_anything_happens():
         ("requests", "counter"), ("num_running_requests", "gauge"), ("num_queued_requests", "gauge"),
         ("kv_cache_usage", "gauge"), ("cache_hit_rate", "gauge"), ("time_to_first_token_seconds", "histogram"),
         ("inter_token_latency_seconds", "histogram"), ("e2e_request_latency_seconds", "histogram"),
+        ("constraint_mask_seconds", "histogram"),
     ]:
         assert found[P + name].type == kind, name
 

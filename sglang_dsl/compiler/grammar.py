@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -101,9 +102,12 @@ class GrammarMatcher:
         self._lexers: list[ContextualLexer] = []
         self._lexer_ids: dict[frozenset[int], int] = {}
         self._lexer_after: dict[frozenset, int] = {}  # acceptable terminals -> lexer id
-        self._lexer_moves: dict[tuple, tuple] = {}  # lexer-state members -> `grammar_lexer._moves`, shared by all lexers
+        self._lexer_moves: dict[tuple, tuple] = {}  # lexer-state members -> their moves, shared by all lexers
         self._config_masks = StackTopCache(self.parser, CACHE_ITEMS)  # (lexer, state) -> mask
         self._state_masks: OrderedDict[frozenset, np.ndarray] = OrderedDict()
+        self._advances: OrderedDict[tuple[frozenset, int], frozenset | None] = OrderedDict()  # -> next state
+        self._terminals: OrderedDict[frozenset, bool] = OrderedDict()
+        self._forced: OrderedDict[tuple[frozenset, int], bytes] = OrderedDict()  # (state, limit) -> forced bytes
         self._rows: dict[tuple, np.ndarray] = {}  # lexer-state members -> tokens that stay inside the lexeme
         self._crossings: dict[tuple, list] = {}  # lexer-state members -> tokens that end the lexeme inside them
         self._after: dict[tuple, list] = {}
@@ -217,7 +221,7 @@ class GrammarMatcher:
         data = self.vocab.token_bytes[token] if 0 <= token < self.vocab.size else None
         if not data:
             return None
-        return self.advance_bytes(state, data)
+        return self._cached(self._advances, (state, token), lambda: self.advance_bytes(state, data))
 
     def advance_bytes(self, state: frozenset, data: bytes) -> frozenset | None:
         with self._lock:
@@ -233,28 +237,31 @@ class GrammarMatcher:
             return any(self._can_end(c) for c in state)
 
     def terminal(self, state: frozenset) -> bool:
+        return self._cached(self._terminals, state, lambda: self._terminal(state))
+
+    def _terminal(self, state: frozenset) -> bool:
         row = self.mask(state).copy()
         for eos in self._eos:
             row[eos >> 5] &= ~np.uint32(1 << (eos & 31))
         return not row.any() and self.accepting(state)
 
     def mask(self, state: frozenset) -> np.ndarray:
-        with self._lock:
-            row = self._state_masks.get(state)
-            if row is not None:
-                self._state_masks.move_to_end(state)
-                return row
-            row = np.zeros(self.words, dtype=np.uint32)
-            for config in state:
-                row |= self._config_mask(config)
-            if any(self._can_end(c) for c in state):
-                for eos in self._eos:
-                    row[eos >> 5] |= np.uint32(1 << (eos & 31))
-            self._remember(self._state_masks, state, row)
-            return row
+        return self._cached(self._state_masks, state, lambda: self._state_mask(state))
+
+    def _state_mask(self, state: frozenset) -> np.ndarray:
+        row = np.zeros(self.words, dtype=np.uint32)
+        for config in state:
+            row |= self._config_mask(config)
+        if any(self._can_end(c) for c in state):
+            for eos in self._eos:
+                row[eos >> 5] |= np.uint32(1 << (eos & 31))
+        return row
 
     def forced(self, state: frozenset, limit: int = 256) -> bytes:
         """Bytes every continuation starts with (none where the output may end)."""
+        return self._cached(self._forced, (state, limit), lambda: self._forced_bytes(state, limit))
+
+    def _forced_bytes(self, state: frozenset, limit: int) -> bytes:
         with self._lock:
             out = bytearray()
             configs = set(state)
@@ -280,6 +287,16 @@ class GrammarMatcher:
             return bytes(out)
 
     # ---- masks --------------------------------------------------------------------------------------------------
+
+    def _cached(self, cache: OrderedDict, key, compute: Callable[[], Any]) -> Any:
+        """``cache[key]``, computed and kept (the most recent `CACHE_ITEMS`) when missing."""
+        with self._lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+            value = compute()
+            self._remember(cache, key, value)
+            return value
 
     def _remember(self, cache: OrderedDict, key, value) -> None:
         cache[key] = value

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sglang_dsl.compiler.constraint import ConstraintCompiler, ConstraintSpec
 from sglang_dsl.compiler.errors import GrammarError
 from sglang_dsl.compiler.gbnf import gbnf_to_lark
 from sglang_dsl.compiler.grammar import GrammarMatcher, compile_grammar
@@ -240,6 +241,28 @@ def assert_allowed(matcher, tokenizer, text):
 
 
 # ---- GBNF -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["json", "arithmetic_gbnf"])
+def test_grammars_are_cached_on_disk_and_load_to_the_same_matcher(name, small_vocab, tmp_path):
+    spec = ConstraintSpec("ebnf", GRAMMARS[name])
+    ConstraintCompiler(small_vocab, tmp_path).compile(spec)
+    fresh = ConstraintCompiler(small_vocab, tmp_path)  # as a new process would
+    loaded = fresh.compile(spec)
+    assert fresh.stats == {"memory_hits": 0, "disk_hits": 1, "compiled": 0}
+    original = load_grammar(GRAMMARS[name])
+    assert loaded.grammar.actions == original.actions and loaded.grammar.ignore == original.ignore
+    assert [(t.name, t.regex) for t in loaded.grammar.terminals] == [(t.name, t.regex) for t in original.terminals]
+    compiled = compile_grammar(GRAMMARS[name], small_vocab)
+    rng = random.Random(0)
+    a, b = loaded.start(), compiled.start()
+    for _ in range(30):
+        assert (loaded.mask(a) == compiled.mask(b)).all()
+        ids = [t for t in allowed(compiled, b).tolist() if t not in small_vocab.eos_token_ids]
+        if not ids:
+            break
+        token = rng.choice(ids)
+        a, b = loaded.advance(a, token), compiled.advance(b, token)
 
 
 def test_gbnf_is_converted_to_lark():

@@ -129,8 +129,9 @@ def _size(matcher: Matcher) -> int:
 
 class ConstraintCompiler:
     """Compiles constraints against one vocabulary, caching matchers in memory (the most recently used
-    ``memory_items``, within about `MEMORY_BYTES` of mask tables) and, for regex-based ones, on disk under
-    ``cache_dir`` (None: no disk cache). Thread-safe;
+    ``memory_items``, within about `MEMORY_BYTES` of mask tables) and on disk under ``cache_dir`` (None: no disk
+    cache): a regex-based matcher whole, a grammar as its terminals' DFAs and its LALR table (its masks are
+    computed again, the start state's at load). Thread-safe;
     two threads compiling the same spec at once both compile (the runtime deduplicates in-flight compiles)."""
 
     def __init__(self, vocab: Vocabulary, cache_dir: str | os.PathLike | None = None, memory_items: int = 256):
@@ -163,7 +164,7 @@ class ConstraintCompiler:
         if matcher is not None:
             return matcher
         key = self.key(spec)
-        matcher = self._load(key) if spec.kind != "ebnf" else None
+        matcher = self._load(key, spec.kind)
         if matcher is not None:
             self.stats["disk_hits"] += 1
         else:
@@ -171,8 +172,7 @@ class ConstraintCompiler:
             matcher = compile_constraint(spec, self.vocab)
             self.stats["compiled"] += 1
             log.debug("compiled %s in %.3f s", spec.description, time.perf_counter() - started)
-            if isinstance(matcher, RegexMatcher):
-                self._store(key, spec, matcher)
+            self._store(key, spec, matcher)
         with self._lock:
             self._memory[key] = matcher
             self._memory.move_to_end(key)
@@ -186,33 +186,49 @@ class ConstraintCompiler:
     def _path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
 
-    def _load(self, key: str) -> Matcher | None:
+    def _load(self, key: str, kind: str) -> Matcher | None:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
+        from sglang_dsl.compiler.grammar import started_matcher
+        from sglang_dsl.compiler.lark_grammar import Grammar
+
         try:
             with open(path, "rb") as f:  # .npy records one after another: read without a zip's checksums
-                transitions, accepting, initial, masks, ready = (np.load(f, allow_pickle=False) for _ in range(5))
-            index = TokenIndex(ByteDFA(transitions, accepting, int(initial)), self.vocab, masks, ready)
-            if index.masks.shape[1] != (self.vocab.size + 31) // 32:
-                return None
-            return RegexMatcher(index)
+                stored = Grammar.load(f) if kind == "ebnf" else _read_index(f, self.vocab)
         except Exception as err:  # a damaged cache entry is recompiled
             log.warning("ignoring unreadable constraint cache entry %s: %s", path, err)
             return None
+        if stored is None:
+            return None
+        return started_matcher(stored, self.vocab) if kind == "ebnf" else RegexMatcher(stored)
 
-    def _store(self, key: str, spec: ConstraintSpec, matcher: RegexMatcher) -> None:
+    def _store(self, key: str, spec: ConstraintSpec, matcher: Matcher) -> None:
         path = self._path(key)
         if path is None:
             return
-        index = matcher.index
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-                spec_bytes = np.frombuffer(json.dumps([spec.kind, spec.source]).encode(), dtype=np.uint8)
-                for array in (index.dfa.transitions, index.dfa.accepting, np.int64(index.dfa.initial), index.masks,
-                              index.ready, spec_bytes):
-                    np.save(f, array, allow_pickle=False)
+                if isinstance(matcher, RegexMatcher):
+                    _write_index(f, matcher.index, spec)
+                else:
+                    matcher.grammar.save(f)
             os.replace(f.name, path)
         except OSError as err:
             log.warning("cannot write the constraint cache entry %s: %s", path, err)
+
+
+def _write_index(f, index: TokenIndex, spec: ConstraintSpec) -> None:
+    spec_bytes = np.frombuffer(json.dumps([spec.kind, spec.source]).encode(), dtype=np.uint8)
+    for array in (index.dfa.transitions, index.dfa.accepting, np.int64(index.dfa.initial), index.masks, index.ready,
+                  spec_bytes):
+        np.save(f, array, allow_pickle=False)
+
+
+def _read_index(f, vocab: Vocabulary) -> TokenIndex | None:
+    """The index `_write_index` wrote, or None when it was made for a vocabulary of another size."""
+    transitions, accepting, initial, masks, ready = (np.load(f, allow_pickle=False) for _ in range(5))
+    if masks.shape[1] != (vocab.size + 31) // 32:
+        return None
+    return TokenIndex(ByteDFA(transitions, accepting, int(initial)), vocab, masks, ready)

@@ -50,7 +50,12 @@ MAX_MASK_DEPTH = 4  # configurations whose masks are computed one inside the oth
 
 def compile_grammar(text: str, vocab: Vocabulary) -> "GrammarMatcher":
     """A matcher for the grammar, with the mask of its start state computed (time to first mask = compile)."""
-    matcher = GrammarMatcher(load_grammar(text), vocab)
+    return started_matcher(load_grammar(text), vocab)
+
+
+def started_matcher(grammar: Grammar, vocab: Vocabulary) -> "GrammarMatcher":
+    """A matcher for a loaded grammar, with the mask of its start state computed."""
+    matcher = GrammarMatcher(grammar, vocab)
     matcher.mask(matcher.start())
     return matcher
 

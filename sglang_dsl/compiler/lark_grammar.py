@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import BinaryIO
+
+import numpy as np
 
 from sglang_dsl.compiler.automaton import ByteDFA, regex_to_dfa
 from sglang_dsl.compiler.errors import ConstraintError, GrammarError
@@ -38,6 +42,29 @@ class Grammar:
     actions: tuple[dict, ...]  # per LALR state: symbol -> (True, next state) | (False, (pop count, nonterminal))
     start_state: int
     end_state: int
+
+    def save(self, f: BinaryIO) -> None:
+        """Write the grammar as .npy records: a JSON header, then each terminal's transitions and accepting states
+        (no pickles: `load` runs no code from the file)."""
+        header = {"source": self.source, "ignore": sorted(self.ignore), "start_state": self.start_state,
+                  "end_state": self.end_state, "actions": [list(a.items()) for a in self.actions],
+                  "terminals": [[t.name, t.regex, t.dfa.initial] for t in self.terminals]}
+        np.save(f, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), allow_pickle=False)
+        for t in self.terminals:
+            np.save(f, t.dfa.transitions, allow_pickle=False)
+            np.save(f, t.dfa.accepting, allow_pickle=False)
+
+    @classmethod
+    def load(cls, f: BinaryIO) -> "Grammar":
+        """The grammar `save` wrote (raises on a damaged file)."""
+        header = json.loads(np.load(f, allow_pickle=False).tobytes())
+        terminals = tuple(
+            Terminal(name, regex, ByteDFA(np.load(f, allow_pickle=False), np.load(f, allow_pickle=False), initial))
+            for name, regex, initial in header["terminals"])
+        actions = tuple({symbol: (shift, arg if shift else tuple(arg)) for symbol, (shift, arg) in items}
+                        for items in header["actions"])
+        return cls(header["source"], terminals, frozenset(header["ignore"]), actions, header["start_state"],
+                   header["end_state"])
 
     @property
     def terminal_index(self) -> dict[str, int]:

@@ -66,10 +66,6 @@ class Grammar:
         return cls(header["source"], terminals, frozenset(header["ignore"]), actions, header["start_state"],
                    header["end_state"])
 
-    @property
-    def terminal_index(self) -> dict[str, int]:
-        return {t.name: i for i, t in enumerate(self.terminals)}
-
 
 def check_grammar(text: str) -> None:
     """Parse the grammar and compile its terminals (fast; cached). Raises `GrammarError`."""

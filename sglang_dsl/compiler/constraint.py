@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -190,18 +190,14 @@ class ConstraintCompiler:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
-        from sglang_dsl.compiler.grammar import started_matcher
-        from sglang_dsl.compiler.lark_grammar import Grammar
+        if kind == "ebnf":
+            from sglang_dsl.compiler.grammar import started_matcher
+            from sglang_dsl.compiler.lark_grammar import Grammar
 
-        try:
-            with open(path, "rb") as f:  # .npy records one after another: read without a zip's checksums
-                stored = Grammar.load(f) if kind == "ebnf" else _read_index(f, self.vocab)
-        except Exception as err:  # a damaged cache entry is recompiled
-            log.warning("ignoring unreadable constraint cache entry %s: %s", path, err)
-            return None
-        if stored is None:
-            return None
-        return started_matcher(stored, self.vocab) if kind == "ebnf" else RegexMatcher(stored)
+            grammar = _read(path, Grammar.load)
+            return None if grammar is None else started_matcher(grammar, self.vocab)
+        index = _read(path, lambda f: _read_index(f, self.vocab))
+        return None if index is None else RegexMatcher(index)
 
     def _store(self, key: str, spec: ConstraintSpec, matcher: Matcher) -> None:
         path = self._path(key)
@@ -217,6 +213,17 @@ class ConstraintCompiler:
             os.replace(f.name, path)
         except OSError as err:
             log.warning("cannot write the constraint cache entry %s: %s", path, err)
+
+
+def _read(path: Path, read: Callable[[BinaryIO], Any]) -> Any:
+    """``read(f)`` on the cache entry at ``path``; None (and a warning) when the entry is damaged, so that the
+    constraint is compiled again. Entries are .npy records one after another (no zip checksums to compute)."""
+    try:
+        with open(path, "rb") as f:
+            return read(f)
+    except Exception as err:
+        log.warning("ignoring unreadable constraint cache entry %s: %s", path, err)
+        return None
 
 
 def _write_index(f, index: TokenIndex, spec: ConstraintSpec) -> None:

@@ -6,7 +6,7 @@ any chat API it answers as the assistant; a gen after text in an assistant turn 
 (assistant) message, which the API continues (a *prefill*). ``max_tokens`` is required by the API: a gen that
 sets none gets the backend's ``max_tokens``. ``stop`` goes as ``stop_sequences``; ``temperature``, ``top_p`` and
 ``top_k`` as themselves. The API has no logprobs and no constrained decoding, so ``select``,
-``regex``, ``json_schema``, ``dtype`` and logprob options are unsupported — reported before a program runs
+``regex``, ``json_schema``, ``dtype``, ``grammar`` and logprob options are unsupported — reported before a program runs
 (`sglang_dsl.compiler.capabilities`), naming the node. Streaming follows the API's server-sent events
 (``content_block_delta`` text deltas, ``message_delta`` with the stop reason and usage)."""
 
@@ -26,7 +26,7 @@ from sglang_dsl.lang.executor import _text_content
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 CAPABILITIES = Capabilities(select=False, streaming=True, images=False, prefix_cache=False, regex=False,
-                            json_schema=False, logprobs=False, completion=False, continue_assistant=True,
+                            json_schema=False, grammar=False, logprobs=False, completion=False, continue_assistant=True,
                             sampling=frozenset({"max_new_tokens", "stop", "temperature", "top_p", "top_k"}))  # no n
 # The API's stop reasons as the native API's finish types.
 FINISH_TYPES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}

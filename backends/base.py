@@ -3,7 +3,7 @@
 The interpreter (`sglang_dsl.lang.executor`) hands a backend one call per node that needs the model:
 
 - `Backend.generate` / `Backend.stream`: continue a prompt with the sampling parameters the program set (and only
-  those: unset ones are left to the backend) and any constraint (``regex``, ``json_schema``, ``dtype``).
+  those: unset ones are left to the backend) and any constraint (``regex``, ``json_schema``, ``dtype``, ``grammar``).
 - `Backend.select`: score every choice after a prompt and decide with the node's choices method.
 - `Backend.cache_prefix`: a hint that several requests will share this prompt (before a ``fork``, before a
   batch); a backend with a prefix cache computes it once. `Backend.prompt_codec` (its tokenization, for batch
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 class Capabilities:
     """What a backend can run. ``images``: image inputs; ``select``: likelihood scoring of choices;
     ``streaming``: incremental output; ``prefix_cache``: `Backend.cache_prefix` does something; ``segments``:
-    `Backend.run_segment` runs several text/gen/select steps as one request; ``regex`` / ``json_schema``: those
-    gen constraints (``regex`` covers ``dtype``); ``logprobs``: a gen's ``return_logprob`` and friends;
+    `Backend.run_segment` runs several text/gen/select steps as one request; ``regex`` / ``json_schema`` /
+    ``grammar``: those gen constraints (``regex`` covers ``dtype``); ``logprobs``: a gen's ``return_logprob`` and friends;
     ``completion``: continuing raw text (False for chat-only APIs: a gen or select must open an assistant turn,
     or with ``continue_assistant`` may also continue one that already has text);
     ``select_methods``: the names of the choices methods select honours (None: any); ``sampling``: the
@@ -54,6 +54,7 @@ class Capabilities:
     segments: bool = False
     regex: bool = True
     json_schema: bool = True
+    grammar: bool = True
     logprobs: bool = True
     completion: bool = True
     continue_assistant: bool = False
@@ -63,8 +64,8 @@ class Capabilities:
     def restricted(self) -> bool:
         """Whether a gen or select could need something this backend lacks: only then is a program checked as a
         whole before it runs (images and streaming are also checked node by node as they run)."""
-        return not (self.select and self.regex and self.json_schema and self.logprobs and self.completion
-                    and self.select_methods is None and self.sampling is None)
+        return not (self.select and self.regex and self.json_schema and self.grammar and self.logprobs
+                    and self.completion and self.select_methods is None and self.sampling is None)
 
 
 @dataclass(frozen=True)

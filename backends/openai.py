@@ -87,7 +87,8 @@ def capabilities_for(features: frozenset[str], chat: bool) -> Capabilities:
     else:
         select, methods = "echo_logprobs" in features, None
     return Capabilities(select=select, streaming=True, images=chat, prefix_cache=False, regex=regex,
-                        json_schema=json_schema, logprobs="logprobs" in features, completion=not chat,
+                        json_schema=json_schema, grammar="ebnf" in features, logprobs="logprobs" in features,
+                        completion=not chat,
                         continue_assistant=chat and "continue_final_message" in features,
                         select_methods=methods, sampling=frozenset(sampling))
 
@@ -313,7 +314,8 @@ class OpenAI(Backend):
 def _speculable(call: GenerateCall) -> bool:
     """Speculation serves plain text gens: one sample, no constraint, no logprobs."""
     params = call.params
-    return (params.n or 1) == 1 and not (params.regex or params.json_schema or params.dtype or params.return_logprob)
+    return (params.n or 1) == 1 and not (params.regex or params.json_schema or params.dtype or params.grammar
+                                         or params.return_logprob)
 
 
 def _json_choice(text: str) -> Any:

@@ -22,8 +22,8 @@ EXTENDED_SAMPLING = {"top_k": "top_k", "min_p": "min_p", "min_new_tokens": "min_
 
 def sampling_fields(params: SamplingParams, features: frozenset[str], chat: bool,
                     max_tokens_field: str = "max_tokens") -> dict[str, Any]:
-    """The request fields for ``params`` (only those set). Constraints go as the ``regex`` / ``json_schema``
-    extension fields when the server has them, a JSON schema otherwise as a chat ``response_format``. The caller
+    """The request fields for ``params`` (only those set). Constraints go as the ``regex`` / ``json_schema`` /
+    ``ebnf`` extension fields when the server has them, a JSON schema otherwise as a chat ``response_format``. The caller
     has checked that every set field is supported."""
     given = params.given()
     native = params.native_sampling()  # dtype already turned into a regex and stop strings
@@ -36,6 +36,8 @@ def sampling_fields(params: SamplingParams, features: frozenset[str], chat: bool
         out.update({field: _plain(given[key]) for key, field in table.items() if key in given})
     if "regex" in native:
         out["regex"] = native["regex"]
+    if "ebnf" in native:
+        out["ebnf"] = native["ebnf"]
     if "json_schema" in native:
         if "json_schema" in features:
             out["json_schema"] = native["json_schema"]

@@ -12,7 +12,7 @@ from sglang_dsl.compiler.capabilities import missing_capabilities
 from sglang_dsl.lang.choices import ChoicesDecision
 from sglang_dsl.lang.params import SamplingParams
 
-CHAT_ONLY = Capabilities(completion=False, regex=False, json_schema=False, logprobs=False,
+CHAT_ONLY = Capabilities(completion=False, regex=False, json_schema=False, grammar=False, logprobs=False,
                          select_methods=frozenset({"token_length_normalized"}),
                          sampling=frozenset({"max_new_tokens", "temperature", "stop"}))
 
@@ -71,14 +71,17 @@ def test_constraints_logprobs_and_sampling_parameters_including_the_run_defaults
         s += sgl.assistant(sgl.gen("person", json_schema={"type": "object"}, top_k=5))
         s += sgl.user("Q")
         s += sgl.assistant(sgl.gen("scored", return_logprob=True))
+        s += sgl.user("Q")
+        s += sgl.assistant(sgl.gen("sum", grammar='start: NUMBER "+" NUMBER\nNUMBER: /[0-9]+/'))
 
     assert found(program, CHAT_ONLY) == [
         ("gen('number')", "regex"), ("gen('person')", "json_schema"), ("gen('person')", "sampling parameters"),
-        ("gen('scored')", "logprobs")]
+        ("gen('scored')", "logprobs"), ("gen('sum')", "grammar")]
     # a run default applies to every gen that does not set it
     defaults = SamplingParams.build(min_p=0.1)
     assert [label for label, capability in found(program, CHAT_ONLY, defaults)
-            if capability == "sampling parameters"] == ["gen('number')", "gen('person')", "gen('scored')"]
+            if capability == "sampling parameters"] == ["gen('number')", "gen('person')", "gen('scored')",
+                                                         "gen('sum')"]
     assert found(program, Capabilities()) == []
 
 

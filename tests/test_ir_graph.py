@@ -41,7 +41,7 @@ def _graph(*nodes: Node) -> Graph:
     ((Text(name="a", parts=("x", "y")),), "adjacent string parts"),
     ((Text(name="a", parts=()),), "empty text part"),
     ((Gen(name="g", var=None, params=(("top_p", 1.0), ("max_new_tokens", 3))),), "sorted by key"),
-    ((Gen(name="g", var=None, constraint=Constraint("grammar", "x")),), "unknown constraint"),
+    ((Gen(name="g", var=None, constraint=Constraint("cfg", "x")),), "unknown constraint"),
 ])
 def test_lint_rejects(nodes: tuple[Node, ...], message: str) -> None:
     with pytest.raises(GraphError, match=message):

@@ -108,6 +108,11 @@ def dtype_gen(s):
 
 
 @function
+def grammar_sum(s):
+    s += "A sum that equals 12: " + gen("sum", max_tokens=16, grammar='start: NUMBER ("+" NUMBER)*\nNUMBER: /[0-9]+/')
+
+
+@function
 def regex_ip(s):
     s += "Q: What is the IP address of the Google DNS servers?\n"
     s += "A: " + gen("answer", temperature=0, regex=REGEX_IPV4)
@@ -203,6 +208,7 @@ TRACES: dict[str, tuple[Any, dict[str, Any]]] = {
     "json_schema": (json_schema, {}),
     "dtype_gen": (dtype_gen, {}),
     "regex": (regex_ip, {}),
+    "grammar": (grammar_sum, {}),
     "parallel_decoding": (parallel_decoding, {}),
     "parallel_encoding": (parallel_encoding, {"contexts": CONTEXTS}),
     "parallel_encoding_unknown_contexts": (parallel_encoding, {}),

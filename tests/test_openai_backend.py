@@ -151,6 +151,10 @@ def test_request_fields_and_echoed_logprobs():
     fields = sampling_fields(SamplingParams.build(dtype=int, json_schema='{"type": "integer"}'),
                              frozenset({"json_schema", "regex"}), chat=False)
     assert fields == {"stop": [" ", "\n"], "regex": r"[-+]?[0-9]+[ \n]*", "json_schema": '{"type": "integer"}'}
+    grammar = 'start: "yes" | "no"'
+    assert sampling_fields(SamplingParams.build(grammar=grammar), frozenset({"ebnf"}), chat=True) == {"ebnf": grammar}
+    assert capabilities_for(frozenset({"ebnf"}), chat=True).grammar
+    assert not capabilities_for(frozenset({"regex", "json_schema"}), chat=True).grammar
     # "is" + " Paris" / BOS first: the token across the prompt's end counts with the choice
     choice = {"logprobs": {"tokens": ["<s>", "The", " capital", " is", " Paris"],
                            "token_logprobs": [None, -1.0, -2.0, -0.5, -0.25]}}

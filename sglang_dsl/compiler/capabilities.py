@@ -1,7 +1,7 @@
 """The capability check: before a program runs, find every node its backend cannot run.
 
 `missing_capabilities` walks a traced graph (`sglang_dsl.ir`) and returns one `MissingCapability` per node and
-capability it lacks: a gen's constraint (``regex``, ``dtype``, ``json_schema``), logprob options, sampling
+capability it lacks: a gen's constraint (``regex``, ``dtype``, ``json_schema``, ``grammar``), logprob options, sampling
 parameters the backend does not take, a select the backend cannot decide (or not with the node's choices
 method), an image, and for chat-only backends (``completion=False``) a gen or select that does not open an
 assistant turn. `check_run` is what ``run()`` / ``run_batch()`` call before the first request: it traces the
@@ -24,7 +24,7 @@ from sglang_dsl.lang.params import LOGPROB_FIELDS, SamplingParams
 if TYPE_CHECKING:
     from backends.base import Backend, Capabilities
 
-_CONSTRAINT_CAPABILITY = {"regex": "regex", "dtype": "regex", "json_schema": "json_schema"}
+_CONSTRAINT_CAPABILITY = {"regex": "regex", "dtype": "regex", "json_schema": "json_schema", "grammar": "grammar"}
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from sglang_dsl.ir.nodes import Constraint, Gen
 @dataclass(frozen=True)
 class ConstraintPlan:
     """One distinct constraint: the ``nodes`` that use it, its ``spec_kind``/``source`` as compiled, and, once
-    compiled, its automaton's ``states``, the ``mask_bytes`` of its token masks and ``compile_seconds``
-    (``reused``: served by the compiler's cache). ``error``: why it does not compile."""
+    compiled, its automaton's ``states`` (a grammar's: its LALR parser states), the ``mask_bytes`` of its token
+    masks (None for a grammar: its masks are made as decoding meets them) and ``compile_seconds`` (``reused``:
+    served by the compiler's cache). ``error``: why it does not compile."""
 
     nodes: tuple[str, ...]
     kind: str
@@ -41,7 +42,7 @@ def constraint_spec(constraint: Constraint) -> ConstraintSpec:
         from sglang_dsl.compiler.choices import dtype_regex
 
         return ConstraintSpec("regex", dtype_regex(constraint.value))
-    return ConstraintSpec(constraint.kind, constraint.value)
+    return ConstraintSpec("ebnf" if constraint.kind == "grammar" else constraint.kind, constraint.value)
 
 
 def constraint_specs(graph: Graph) -> dict[ConstraintSpec, tuple[str, ...]]:
@@ -73,7 +74,7 @@ def _compiled(plan: ConstraintPlan, spec: ConstraintSpec, compiler: ConstraintCo
     except ConstraintError as err:
         return replace(plan, error=str(err))
     seconds = time.perf_counter() - started
-    index = getattr(matcher, "index", None)
-    return replace(plan, states=index.num_states if index is not None else None,
-                   mask_bytes=getattr(matcher, "nbytes", None), compile_seconds=seconds,
+    index, grammar = getattr(matcher, "index", None), getattr(matcher, "grammar", None)
+    states = index.num_states if index is not None else len(grammar.actions) if grammar is not None else None
+    return replace(plan, states=states, mask_bytes=getattr(matcher, "nbytes", None), compile_seconds=seconds,
                    reused=compiler.stats["memory_hits"] + compiler.stats["disk_hits"] > hits)

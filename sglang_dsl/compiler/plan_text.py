@@ -84,7 +84,10 @@ def _compiled(constraint: "ConstraintPlan") -> str:
         return f"does not compile: {constraint.error}"
     if constraint.compile_seconds is None:
         return "not compiled (no tokenizer)"
-    states = f"{constraint.states} states, " if constraint.states is not None else ""
+    parts = []
+    if constraint.states is not None:
+        parts.append(f"{constraint.states} {'parser ' if constraint.spec_kind == 'ebnf' else ''}states")
+    if constraint.mask_bytes is not None:
+        parts.append(f"{constraint.mask_bytes / 1024:.1f} KiB of masks")
     how = "reused from cache" if constraint.reused else "compiled"
-    return (f"{states}{(constraint.mask_bytes or 0) / 1024:.1f} KiB of masks, {how} in "
-            f"{constraint.compile_seconds * 1000:.1f} ms")
+    return ", ".join([*parts, f"{how} in {constraint.compile_seconds * 1000:.1f} ms"])

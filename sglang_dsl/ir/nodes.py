@@ -25,8 +25,8 @@ Value = Union[str, int, float, bool, None, tuple["Value", ...]]
 
 JoinMode = Literal["gather_variable", "concate_and_append"]
 JOIN_MODES: tuple[str, ...] = ("gather_variable", "concate_and_append")
-ConstraintKind = Literal["regex", "json_schema", "dtype"]
-CONSTRAINT_KINDS: tuple[str, ...] = ("regex", "json_schema", "dtype")
+ConstraintKind = Literal["regex", "json_schema", "dtype", "grammar"]
+CONSTRAINT_KINDS: tuple[str, ...] = ("regex", "json_schema", "dtype", "grammar")
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ class Ref:
 
 @dataclass(frozen=True)
 class Constraint:
-    """What a `Gen`'s output must match: ``regex`` (a pattern), ``json_schema`` (JSON text) or ``dtype``
-    (``"int"``, ``"float"``, ``"str"`` or ``"bool"``, each standing for SGLang's regex for that type)."""
+    """What a `Gen`'s output must match: ``regex`` (a pattern), ``json_schema`` (JSON text), ``dtype``
+    (``"int"``, ``"float"``, ``"str"`` or ``"bool"``, each standing for SGLang's regex for that type) or
+    ``grammar`` (lark EBNF or GBNF text)."""
 
     kind: ConstraintKind
     value: str

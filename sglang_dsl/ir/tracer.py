@@ -36,7 +36,7 @@ from sglang_dsl.lang.choices import (
 CHOICES_METHODS: dict[str, ChoicesSamplingMethod] = {
     m.name: m for m in (token_length_normalized, greedy_token_selection, unconditional_likelihood_normalized)
 }
-_CONSTRAINT_PARAMS = ("dtype", "json_schema", "regex")
+_CONSTRAINT_PARAMS = ("dtype", "json_schema", "regex", "grammar")
 _MARKER = re.compile("\ue000([0-9]+)\ue001")
 
 

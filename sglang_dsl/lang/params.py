@@ -28,7 +28,7 @@ _NATIVE_SAMPLING = {
     "stop_token_ids": "stop_token_ids", "stop_regex": "stop_regex", "temperature": "temperature",
     "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "frequency_penalty": "frequency_penalty",
     "presence_penalty": "presence_penalty", "ignore_eos": "ignore_eos", "regex": "regex",
-    "json_schema": "json_schema",
+    "json_schema": "json_schema", "grammar": "ebnf",
 }
 LOGPROB_FIELDS = ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs")
 
@@ -37,7 +37,8 @@ LOGPROB_FIELDS = ("return_logprob", "logprob_start_len", "top_logprobs_num", "re
 class SamplingParams:
     """How to continue the program's text at one ``gen``. Field names follow ``run()``'s keyword arguments
     (``gen(max_tokens=...)`` arrives here as ``max_new_tokens``). ``stop`` and ``stop_regex`` are tuples of
-    strings, ``dtype`` one of ``int``/``float``/``str``/``bool``, ``json_schema`` JSON text."""
+    strings, ``dtype`` one of ``int``/``float``/``str``/``bool``, ``json_schema`` JSON text, ``grammar`` a lark
+    EBNF or llama.cpp GBNF grammar (natively ``ebnf``)."""
 
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
@@ -59,12 +60,13 @@ class SamplingParams:
     dtype: str | None = None
     regex: str | None = None
     json_schema: str | None = None
+    grammar: str | None = None
 
     @classmethod
     def build(cls, **values: Any) -> "SamplingParams":
         """Normalize user-facing values: a single stop string becomes a tuple, ``dtype=int`` becomes ``"int"``, a
-        dict or pydantic model class given as ``json_schema`` becomes JSON text, ``regex`` must compile.
-        Raises ``ValueError``/``TypeError`` naming the argument."""
+        dict or pydantic model class given as ``json_schema`` becomes JSON text, ``regex`` must compile and
+        ``grammar`` must load. Raises ``ValueError``/``TypeError`` naming the argument."""
         out = dict(values)
         for key in ("stop", "stop_regex"):
             if isinstance(out.get(key), str):
@@ -78,6 +80,8 @@ class SamplingParams:
             _check_regex(out["regex"])
         if out.get("json_schema") is not None:
             out["json_schema"] = normalize_json_schema(out["json_schema"])
+        if out.get("grammar") is not None:
+            _check_grammar(out["grammar"])
         return cls(**out)
 
     def merged_over(self, defaults: "SamplingParams") -> "SamplingParams":
@@ -139,3 +143,15 @@ def _check_regex(pattern: str) -> None:
         re.compile(pattern)
     except re.error as err:
         raise ValueError(f"regex {pattern!r} does not compile: {err}") from None
+
+
+def _check_grammar(grammar: Any) -> None:
+    if not isinstance(grammar, str):
+        raise TypeError(f"grammar must be the text of a lark EBNF or GBNF grammar, got {type(grammar).__name__}")
+    from sglang_dsl.compiler.errors import GrammarError
+    from sglang_dsl.compiler.lark_grammar import check_grammar
+
+    try:
+        check_grammar(grammar)
+    except GrammarError as err:
+        raise ValueError(str(err)) from None

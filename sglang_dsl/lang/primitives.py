@@ -41,26 +41,31 @@ def gen(
     choices_method: ChoicesSamplingMethod | None = None,
     regex: str | None = None,
     json_schema: Any = None,
+    grammar: str | None = None,
 ) -> Gen | Select:
     """Generate text and store it as variable ``name``. Every argument left ``None`` is inherited from
     ``run()``'s sampling arguments, and what neither sets is left to the backend's defaults.
 
     With ``choices``, this is ``select(name, choices, temperature or 0.0, choices_method)``. ``dtype``
     (``int``, ``float``, ``str``, ``bool``) constrains the output with SGLang's regex for that type and wins over
-    ``regex``. ``json_schema`` is JSON text, a dict or a pydantic model class.
+    ``regex``. ``json_schema`` is JSON text, a dict or a pydantic model class. ``grammar`` is a context-free
+    grammar in lark's EBNF (or llama.cpp's GBNF) that the whole output must match; it is sent as the native
+    ``ebnf`` sampling parameter, and cannot be combined with another constraint.
 
     >>> s += "Q: What is 2 + 2?\\nA:" + gen("answer", max_tokens=8, stop="\\n")
     """
     if choices:
         return select(name, choices, 0.0 if temperature is None else temperature,
                       choices_method or token_length_normalized)
+    if grammar is not None and (regex is not None or json_schema is not None or dtype is not None):
+        raise ValueError(f"gen({name!r}): a grammar cannot be combined with regex, json_schema or dtype")
     params = SamplingParams.build(
         max_new_tokens=max_tokens, min_new_tokens=min_tokens, n=n, stop=stop, stop_token_ids=stop_token_ids,
         stop_regex=stop_regex, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, ignore_eos=ignore_eos,
         return_logprob=return_logprob, logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num,
         return_text_in_logprobs=return_text_in_logprobs, dtype=dtype,
-        regex=None if dtype is not None else regex, json_schema=json_schema,
+        regex=None if dtype is not None else regex, json_schema=json_schema, grammar=grammar,
     )
     return Gen(_check_name(name), params)
 

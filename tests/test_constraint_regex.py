@@ -124,6 +124,21 @@ def test_dfa_matches_exactly_what_python_re_fullmatches(pattern, data):
         assert dfa.matches(mutated) == _python_matches(pattern, mutated), mutated
 
 
+UNICODE_RANGES = [r"[一-龥]+", r"[\u0100-\uffff]a|[^é]", r"[^\U00010000-\U0010ffff]{1,3}", r"[😀-🙏]{1,3}",
+                  r"[\x00-\x7f\u0800-\uffff]+", r"(?s).[^a-zé]", r"[a-z]*[d-q][\u4e01-\u4e05\u9fa0-\u9fff]?",
+                  r"[一-龥]*[\u4e01-\u4e05\u9fa0-\u9fff]"]  # the last two: overlapping classes
+RANGE_ENDS = ("一龥丁\u4dff\u9fa6aé\x7f\x80\u00ff\u0100\u07ff\u0800\uffff\U00010000\U0010ffff😀🙏😿\n"
+              "cdqr\u4e05\u4e06\u9f9f\u9fa0\u9fff\ua000")
+
+
+@pytest.mark.parametrize("pattern", UNICODE_RANGES)
+@settings(max_examples=80, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(RANGE_ENDS) | st.characters(blacklist_categories=("Cs",)), max_size=4))
+def test_unicode_ranges_match_exactly_what_python_re_fullmatches(pattern, text):
+    """Character classes are code-point intervals, a range's ends included, whatever its size."""
+    assert _dfa(pattern).matches(text) == (re.fullmatch(pattern, text) is not None), text
+
+
 # ---- token index against real vocabularies ---------------------------------------------------------------------
 
 

@@ -212,15 +212,14 @@ class _Glushkov:
 class _CharDFA:
     table: list[list[int]]  # [state][class] -> state, -1 for none
     accepting: list[bool]
-    class_of: dict[str, int]  # named characters -> class; every other character is class `other`
-    other: int
+    partition: "_Partition"  # code point -> class
 
     @classmethod
     def from_tree(cls, tree, pattern: str) -> "_CharDFA":
         g = _Glushkov(pattern)
         nullable, first, last = g.build(tree, ip.REFlags(0))
-        class_of, other, masks = _classes(g.sets)
-        num_classes = other + 1
+        partition, masks = _classes(g.sets)
+        num_classes = partition.num_classes
         bits = {m: _bits(m) for m in set(masks)}
         classes_of = [bits[m] for m in masks]  # per position: the character classes it matches
         start = frozenset({-1})
@@ -254,7 +253,7 @@ class _CharDFA:
                         raise ConstraintError(f"regex is too large (more than {MAX_DFA_STATES} automaton states)")
                 row[c] = target
             table.append(row)
-        return cls(table, accepting, class_of, other)._pruned()
+        return cls(table, accepting, partition)._pruned()
 
     def _pruned(self) -> "_CharDFA":
         """Drop states that cannot reach an accepting state (and those no longer reachable), renumbered in
@@ -275,7 +274,7 @@ class _CharDFA:
                     live[p] = True
                     stack.append(p)
         if not live[0]:
-            return _CharDFA([], [], self.class_of, self.other)
+            return _CharDFA([], [], self.partition)
         renumber = {0: 0}
         order = [0]
         for s in order:
@@ -284,7 +283,7 @@ class _CharDFA:
                     renumber[t] = len(order)
                     order.append(t)
         table = [[renumber[t] if t >= 0 and live[t] else -1 for t in self.table[s]] for s in order]
-        return _CharDFA(table, [self.accepting[s] for s in order], self.class_of, self.other)
+        return _CharDFA(table, [self.accepting[s] for s in order], self.partition)
 
     # ---- step 3: UTF-8 expansion ------------------------------------------------------------------------------
 
@@ -292,7 +291,6 @@ class _CharDFA:
         n = len(self.table)
         if n == 0:
             return ByteDFA(np.zeros((1, 256), dtype=np.int32), np.zeros(1, dtype=bool), 0)
-        named = sorted((ord(c), k) for c, k in self.class_of.items())
         rows: list[dict[int, int]] = []  # byte transitions of intermediate states (index n + i)
         interned: dict[tuple, int] = {}
         DEAD = -1
@@ -348,25 +346,25 @@ class _CharDFA:
             return out
 
         uniform: dict[int, dict[int, int]] = {}  # target -> lead transitions when every non-ASCII char goes there
-        ascii_class = np.full(128, self.other, dtype=np.int64)
-        for cp, k in named:
-            if cp < 128:
-                ascii_class[cp] = k
+        part = self.partition
         table = np.full((n, 256), -1, dtype=np.int64)  # -1: no transition
-        table[:, :128] = np.array(self.table, dtype=np.int64)[:, ascii_class]
-        wide = [(cp, k) for cp, k in named if cp >= 0x80]  # named non-ASCII characters
+        table[:, :128] = np.array(self.table, dtype=np.int64)[:, part.classes_of(np.arange(128))]
+        wide_starts, wide_classes = part.above(0x80)
         for s in range(n):
             row = self.table[s]
-            default = row[self.other]
-            if wide:
-                starts, targets = _pieces(wide, row, default)
-                leads = lead_transitions(starts, targets)
-            elif default == DEAD:
+            starts, targets = [0], [DEAD]  # the ASCII range is done above
+            for start, k in zip(wide_starts, wide_classes):
+                if targets[-1] != row[k]:
+                    starts.append(start)
+                    targets.append(row[k])
+            if len(targets) == 1:
                 continue
-            else:  # all of non-ASCII goes one way: lead transitions shared by the states that go there
-                leads = uniform.get(default)
+            if len(targets) == 2 and starts[1] == 0x80:  # all of non-ASCII goes one way: shared transitions
+                leads = uniform.get(targets[1])
                 if leads is None:
-                    leads = uniform[default] = lead_transitions([0, 0x80], [DEAD, default])
+                    leads = uniform[targets[1]] = lead_transitions(starts, targets)
+            else:
+                leads = lead_transitions(starts, targets)
             out = table[s]
             for lead, t in leads.items():
                 out[lead] = t
@@ -391,51 +389,64 @@ def _bits(mask: int) -> list[int]:
     return out
 
 
-def _pieces(wide: list[tuple[int, int]], row: list[int], default: int) -> tuple[list[int], list[int]]:
-    """The code point -> target map of one state from 0x80 up, as piecewise-constant (starts, targets), with the
-    ASCII range leading nowhere: the named non-ASCII characters ``wide`` go to their class's target in ``row``,
-    all others to ``default``."""
-    starts, targets = [0], [-1]
+@dataclass(frozen=True)
+class _Partition:
+    """Code points in classes that every character set of a pattern treats alike, as intervals: interval ``i``
+    is ``[starts[i], starts[i + 1])`` (the last one ends at 0x110000) and its class is ``classes[i]``."""
 
-    def put(start: int, target: int) -> None:
-        if targets[-1] != target:
-            starts.append(start)
-            targets.append(target)
+    starts: np.ndarray  # int64, ascending, starts[0] == 0
+    classes: np.ndarray  # int64
+    num_classes: int
 
-    position = 0x80
-    for cp, k in wide:
-        if cp > position:
-            put(position, default)
-        put(cp, row[k])
-        position = cp + 1
-    if position <= 0x10FFFF:
-        put(position, default)
-    return starts, targets
+    def classes_of(self, code_points: np.ndarray) -> np.ndarray:
+        return self.classes[np.searchsorted(self.starts, code_points, side="right") - 1]
+
+    def above(self, low: int) -> tuple[list[int], list[int]]:
+        """The intervals from ``low`` up: (starts, classes), the first one clipped to start at ``low``."""
+        i = int(np.searchsorted(self.starts, low, side="right")) - 1
+        starts = [low, *self.starts[i + 1:].tolist()]
+        return starts, self.classes[i:].tolist()
 
 
-def _classes(sets: list[_CharSet]) -> tuple[dict[str, int], int, list[int]]:
-    """Group characters that every set treats alike. Returns the class of each named character, the class of
-    all other characters, and per set (position) a bitmask of the classes it contains."""
+def _runs(chars: frozenset) -> list[tuple[int, int]]:
+    """The characters as maximal runs of consecutive code points ``[low, high)``, ascending."""
+    if len(chars) > 4096:  # a large range: numpy
+        points = np.sort(np.fromiter(map(ord, chars), dtype=np.int64, count=len(chars)))
+        breaks = np.flatnonzero(np.diff(points) != 1) + 1
+        lows = points[np.concatenate(([0], breaks))]
+        highs = points[np.concatenate((breaks - 1, [points.size - 1]))] + 1
+        return list(zip(lows.tolist(), highs.tolist()))
+    runs: list[list[int]] = []
+    for cp in sorted(map(ord, chars)):
+        if runs and runs[-1][1] == cp:
+            runs[-1][1] = cp + 1
+        else:
+            runs.append([cp, cp + 1])
+    return [(low, high) for low, high in runs]
+
+
+def _classes(sets: list[_CharSet]) -> tuple[_Partition, list[int]]:
+    """Group code points that every set treats alike: the partition into classes, and per set (position) a
+    bitmask of the classes it contains. Sets arrive as (possibly huge) character sets; classes are intervals, so
+    a range such as ``[一-龥]`` costs its ends, not its 20,000 characters."""
     distinct: dict[_CharSet, int] = {}
-    for s in sets:
-        distinct.setdefault(s, len(distinct))
-    signature: dict[str, int] = {}
-    for s, j in distinct.items():
-        bit = 1 << j
-        for c in s.chars:
-            signature[c] = signature.get(c, 0) | bit
+    for charset in sets:
+        distinct.setdefault(charset, len(distinct))
+    runs = {charset: _runs(charset.chars) for charset in distinct}
+    bounds = sorted({0, 0x110000, *(b for rs in runs.values() for r in rs for b in r)})
+    index = {b: i for i, b in enumerate(bounds)}
+    signature = [0] * (len(bounds) - 1)  # per elementary interval: the sets containing it, as bits
+    for charset, j in distinct.items():
+        for low, high in runs[charset]:
+            for i in range(index[low], index[high]):
+                signature[i] |= 1 << j
     class_ids: dict[int, int] = {}
-    class_of = {}
-    for c, sig in signature.items():
-        class_of[c] = class_ids.setdefault(sig, len(class_ids))
-    other = len(class_ids)
-    set_masks = {}
-    for s, j in distinct.items():
-        mask = 0
-        for sig, k in class_ids.items():
-            if ((sig >> j) & 1) != s.negated:
-                mask |= 1 << k
-        if s.negated:
-            mask |= 1 << other
-        set_masks[s] = mask
-    return class_of, other, [set_masks[s] for s in sets]
+    starts, classes = [], []
+    for i, sig in enumerate(signature):
+        if i == 0 or sig != signature[i - 1]:  # neighbours with the same signature merge
+            starts.append(bounds[i])
+            classes.append(class_ids.setdefault(sig, len(class_ids)))
+    masks = {charset: sum(1 << k for sig, k in class_ids.items() if ((sig >> j) & 1) != charset.negated)
+             for charset, j in distinct.items()}
+    partition = _Partition(np.array(starts, dtype=np.int64), np.array(classes, dtype=np.int64), len(class_ids))
+    return partition, [masks[charset] for charset in sets]

@@ -6,8 +6,8 @@ parameters the backend does not take, a select the backend cannot decide (or not
 method), an image, and for chat-only backends (``completion=False``) a gen or select that does not open an
 assistant turn. `check_run` is what ``run()`` / ``run_batch()`` call before the first request: it traces the
 program with the run's arguments and raises `UnsupportedFeatureError` naming the first node (and listing the
-others). What follows a trace boundary cannot be seen here; `missing_for_gen` / `missing_for_select` are the same
-checks for one call, used as they run (and `missing_for_chat_position` for chat APIs).
+others). What follows a trace boundary cannot be seen here; `check_call` makes the same checks for one call as it
+runs (`missing_for_gen` / `missing_for_select`, and `missing_for_chat_position` for chat APIs).
 
 Backends are duck-typed (``capabilities`` and ``name``): ``sglang_dsl`` does not import ``backends``."""
 
@@ -122,6 +122,21 @@ def unsupported(missing: list[MissingCapability], backend: str) -> UnsupportedFe
     error = UnsupportedFeatureError(first.capability, backend, detail=detail, node=first.label)
     error.missing = missing
     return error
+
+
+def check_call(backend: "Backend", node: str, params: SamplingParams | None, method: str, role: str | None,
+               empty: bool, speculative: bool) -> None:
+    """The check of one call as it runs (past a trace boundary): a gen with ``params`` (else a select scored with
+    choices method ``method``) at a position in the chat (``role``, ``empty`` as `missing_for_chat_position`
+    takes them). Raises `UnsupportedFeatureError` naming ``node``."""
+    capabilities = backend.capabilities
+    if not capabilities.restricted():
+        return
+    problems = (missing_for_gen(params, capabilities) if params is not None
+                else missing_for_select(method, capabilities))
+    problems += missing_for_chat_position(capabilities, role, empty, speculative)
+    if problems:
+        raise refusal(node, problems, backend.name)
 
 
 def refusal(node: str, problems: list[tuple[str, str]], backend: str) -> UnsupportedFeatureError:

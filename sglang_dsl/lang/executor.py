@@ -421,19 +421,11 @@ class Executor:
 
     def _check_capabilities(self, node: str, params: SamplingParams | None = None, method: str = "") -> None:
         """The per-node fallback of `sglang_dsl.compiler.capabilities` (for what the trace before the run did not
-        reach): raise if the backend lacks what a gen with ``params`` (else a select with choices ``method``)
-        needs; a chat-only backend also needs the node to open an assistant turn."""
-        capabilities = self.backend.capabilities
-        if not capabilities.restricted():
-            return
-        from sglang_dsl.compiler import capabilities as checks
+        reach)."""
+        from sglang_dsl.compiler.capabilities import check_call
 
-        problems = (checks.missing_for_gen(params, capabilities) if params is not None
-                    else checks.missing_for_select(method, capabilities))
         empty = self._role is not None and not self.text[self._role_start:].strip()
-        problems += checks.missing_for_chat_position(capabilities, self._role, empty, bool(self.spec_tokens))
-        if problems:
-            raise checks.refusal(node, problems, self.backend.name)
+        check_call(self.backend, node, params, method, self._role, empty, bool(self.spec_tokens))
 
     async def _role_begin(self, leaf: RoleBegin) -> None:
         if self._role is not None:

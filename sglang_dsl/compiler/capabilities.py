@@ -1,10 +1,10 @@
 """The capability check: before a program runs, find every node its backend cannot run.
 
 `missing_capabilities` walks a traced graph (`sglang_dsl.ir`) and returns one `MissingCapability` per node and
-capability it lacks: a gen's constraint (``regex``, ``dtype``, ``json_schema``, ``grammar``), logprob options, sampling
-parameters the backend does not take, a select the backend cannot decide (or not with the node's choices
-method), an image, and for chat-only backends (``completion=False``) a gen or select that does not open an
-assistant turn. `check_run` is what ``run()`` / ``run_batch()`` call before the first request: it traces the
+capability it lacks: a gen's constraint (``regex``, ``dtype``, ``json_schema``, ``grammar``), logprob options,
+sampling parameters the backend does not take, a select the backend cannot decide (or not with the node's
+choices method), an image, and for chat-only backends (``completion=False``) a gen or select that does not open
+an assistant turn. `check_run` is what ``run()`` / ``run_batch()`` call before the first request: it traces the
 program with the run's arguments and raises `UnsupportedFeatureError` naming the first node (and listing the
 others). What follows a trace boundary cannot be seen here; `check_call` makes the same checks for one call as it
 runs (`missing_for_gen` / `missing_for_select`, and `missing_for_chat_position` for chat APIs).

@@ -6,8 +6,8 @@ any chat API it answers as the assistant; a gen after text in an assistant turn 
 (assistant) message, which the API continues (a *prefill*). ``max_tokens`` is required by the API: a gen that
 sets none gets the backend's ``max_tokens``. ``stop`` goes as ``stop_sequences``; ``temperature``, ``top_p`` and
 ``top_k`` as themselves. The API has no logprobs and no constrained decoding, so ``select``,
-``regex``, ``json_schema``, ``dtype``, ``grammar`` and logprob options are unsupported — reported before a program runs
-(`sglang_dsl.compiler.capabilities`), naming the node. Streaming follows the API's server-sent events
+``regex``, ``json_schema``, ``dtype``, ``grammar`` and logprob options are unsupported — reported before a
+program runs (`sglang_dsl.compiler.capabilities`), naming the node. Streaming follows the API's server-sent events
 (``content_block_delta`` text deltas, ``message_delta`` with the stop reason and usage)."""
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ EXTENDED_SAMPLING = {"top_k": "top_k", "min_p": "min_p", "min_new_tokens": "min_
 def sampling_fields(params: SamplingParams, features: frozenset[str], chat: bool,
                     max_tokens_field: str = "max_tokens") -> dict[str, Any]:
     """The request fields for ``params`` (only those set). Constraints go as the ``regex`` / ``json_schema`` /
-    ``ebnf`` extension fields when the server has them, a JSON schema otherwise as a chat ``response_format``. The caller
-    has checked that every set field is supported."""
+    ``ebnf`` extension fields when the server has them, a JSON schema otherwise as a chat ``response_format``.
+    The caller has checked that every set field is supported."""
     given = params.given()
     native = params.native_sampling()  # dtype already turned into a regex and stop strings
     out: dict[str, Any] = {}

@@ -162,3 +162,43 @@ def test_chat_speculation_that_misses_continues_the_turn(chat):
     # one speculative answer of the whole turn; the 135M model does not write "Name:" first, so each gen then
     # continues the turn itself
     assert chat.token_usage.requests == 3
+
+
+# ---- structured output through the openai SDK itself ---------------------------------------------------------
+
+SUM = 'start: NUMBER ("+" NUMBER)~0..3\nNUMBER: /[1-9][0-9]?/'
+
+
+def test_the_openai_sdk_gets_structured_output(server):
+    import json
+    import re
+
+    import lark
+    import openai
+    import pydantic
+
+    class City(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=20)
+        country: str = pydantic.Field(max_length=20)
+        population_millions: float
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    ask = [{"role": "user", "content": "Describe Paris as JSON."}]
+    try:
+        parsed = client.chat.completions.parse(model=MODEL, messages=ask, response_format=City, max_tokens=96,
+                                               temperature=1.0, seed=3)
+        assert isinstance(parsed.choices[0].message.parsed, City)
+        anything = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=48, temperature=1.0,
+                                                  response_format={"type": "json_object"}, seed=3)
+        assert anything.choices[0].finish_reason == "stop"
+        assert isinstance(json.loads(anything.choices[0].message.content), dict)
+        ask = [{"role": "user", "content": "Write a sum of numbers that equals 12."}]
+        for extension, check in [({"ebnf": SUM}, lambda text: lark.Lark(SUM).parse(text)),
+                                 ({"regex": r"[0-9]{2}\+[0-9]{2}"}, lambda text: re.fullmatch(r"[0-9]{2}\+[0-9]{2}",
+                                                                                               text).group())]:
+            reply = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=24, temperature=1.0,
+                                                   n=3, extra_body=extension)
+            for choice in reply.choices:
+                assert choice.finish_reason == "stop" and check(choice.message.content), choice.message.content
+    finally:
+        client.close()

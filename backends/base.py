@@ -41,8 +41,8 @@ class Capabilities:
     ``streaming``: incremental output; ``prefix_cache``: `Backend.cache_prefix` does something; ``segments``:
     `Backend.run_segment` runs several text/gen/select steps as one request; ``regex`` / ``json_schema`` /
     ``grammar``: those gen constraints (``regex`` covers ``dtype``); ``logprobs``: a gen's ``return_logprob``
-    and friends; ``completion``: continuing raw text (False for chat-only APIs: a gen or select must open an assistant turn,
-    or with ``continue_assistant`` may also continue one that already has text);
+    and friends; ``completion``: continuing raw text (False for chat-only APIs: a gen or select must open an
+    assistant turn, or with ``continue_assistant`` may also continue one that already has text);
     ``select_methods``: the names of the choices methods select honours (None: any); ``sampling``: the
     `SamplingParams` fields a gen may set (None: all). `sglang_dsl.compiler.capabilities` checks a program against
     them before it runs."""

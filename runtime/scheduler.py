@@ -71,7 +71,7 @@ class Scheduler(ProgramSteps):
         self.prompt_tokens_seen = 0
         self.cached_tokens_seen = 0
         self.jump_forward = True  # constrained requests append forced text in one extend step
-        self._jump_room: int | None = None  # KV slots left to this step's jump-forwards (None: not computed yet)
+        self._jump_room: int | None = None  # KV slots left to this sampling pass's jump-forwards
 
     # ---- public -------------------------------------------------------------------------------------------
 
@@ -104,10 +104,10 @@ class Scheduler(ProgramSteps):
 
     def _constrained_tokens(self, req: Req, token: int) -> list[int] | None:
         """The sampled token, or it and the text the constraint forces after it (jump-forward), as tokens that fit
-        in max_new_tokens, the context and the KV memory this step's jumps may still take."""
+        in max_new_tokens, the context and the KV memory this pass's jumps may still take."""
         room = min(req.remaining_new_tokens, self.runner.context_length - 1 - req.kv_len)
         if req.constraint.jump_forward and room > 1:
-            if self._jump_room is None:  # once per step: the sum runs over every admitted request
+            if self._jump_room is None:  # once per pass: the sum runs over every admitted request
                 free = self._free_room() - self._reserved(self.running + self.prefilling)
                 self._jump_room = int(free) - self.runner.allocator.page_size
             room = min(room, max(1, self._jump_room))
@@ -175,7 +175,6 @@ class Scheduler(ProgramSteps):
             return
         batch_items = extends + [Extend(r, [r.output_ids[-1]]) for r in decodes]
         logits, logit_rows = self._forward(batch_items)
-        self._jump_room = None
         self._process(batch_items, logits, logit_rows)
         self.new_token_ratio = max(self.args.min_new_token_ratio, self.new_token_ratio - self.args.new_token_ratio_decay)
 
@@ -350,6 +349,7 @@ class Scheduler(ProgramSteps):
         params = [r.request.sampling for r in reqs]
         batch = SamplingBatch.build(params, self.runner.device, generator=self.generator)
         constraints = [r.constraint for r in reqs]
+        self._jump_room = None  # computed by the first jump of this pass, then drawn on by each
         masked = logits
         if any(constraints):
             started = time.perf_counter()

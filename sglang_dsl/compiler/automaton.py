@@ -345,7 +345,7 @@ class _CharDFA:
                         out[lead] = t
             return out
 
-        uniform: dict[int, dict[int, int]] = {}  # target -> lead transitions when every non-ASCII char goes there
+        leads_of: dict[tuple, dict[int, int]] = {}  # code point map -> lead transitions (states share them)
         part = self.partition
         table = np.full((n, 256), -1, dtype=np.int64)  # -1: no transition
         table[:, :128] = np.array(self.table, dtype=np.int64)[:, part.classes_of(np.arange(128))]
@@ -359,12 +359,10 @@ class _CharDFA:
                     targets.append(row[k])
             if len(targets) == 1:
                 continue
-            if len(targets) == 2 and starts[1] == 0x80:  # all of non-ASCII goes one way: shared transitions
-                leads = uniform.get(targets[1])
-                if leads is None:
-                    leads = uniform[targets[1]] = lead_transitions(starts, targets)
-            else:
-                leads = lead_transitions(starts, targets)
+            key = (tuple(starts), tuple(targets))
+            leads = leads_of.get(key)
+            if leads is None:
+                leads = leads_of[key] = lead_transitions(starts, targets)
             out = table[s]
             for lead, t in leads.items():
                 out[lead] = t

@@ -210,7 +210,6 @@ class _Builder:
         return prefix.id
 
 
-
 def _distinct_tokens(prompts: Sequence[Sequence[int]]) -> int:
     """Nodes of the trie of ``prompts``: each distinct prefix's last token, counted once."""
     ordered = sorted(prompts)

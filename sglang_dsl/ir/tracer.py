@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from sglang_dsl.ir.graph import Graph
 from sglang_dsl.ir.nodes import (
-    JOIN_MODES, MAIN, Boundary, Constraint, Fork, Gen, Image, Join, Node, Placeholder, Ref, RoleBegin, RoleEnd,
-    ScopeBegin, ScopeEnd, Select, Text,
+    CONSTRAINT_KINDS, JOIN_MODES, MAIN, Boundary, Constraint, Fork, Gen, Image, Join, Node, Placeholder, Ref,
+    RoleBegin, RoleEnd, ScopeBegin, ScopeEnd, Select, Text,
 )
 from sglang_dsl.lang import exprs
 from sglang_dsl.lang.choices import (
@@ -36,7 +36,6 @@ from sglang_dsl.lang.choices import (
 CHOICES_METHODS: dict[str, ChoicesSamplingMethod] = {
     m.name: m for m in (token_length_normalized, greedy_token_selection, unconditional_likelihood_normalized)
 }
-_CONSTRAINT_PARAMS = ("dtype", "json_schema", "regex", "grammar")
 _MARKER = re.compile("\ue000([0-9]+)\ue001")
 
 
@@ -230,7 +229,7 @@ class _Tracer:
         given = leaf.params.given()
         for key, value in given.items():
             self.constant(value, f"gen parameter {key}")
-        constraints = [Constraint(k, given.pop(k)) for k in _CONSTRAINT_PARAMS if k in given]
+        constraints = [Constraint(k, given.pop(k)) for k in CONSTRAINT_KINDS if k in given]
         if len(constraints) > 1:
             raise NeedsValue(f"gen with several constraints ({', '.join(c.kind for c in constraints)})")
         return tuple(sorted(given.items())), (constraints[0] if constraints else None)

@@ -148,10 +148,6 @@ def _check_regex(pattern: str) -> None:
 def _check_grammar(grammar: Any) -> None:
     if not isinstance(grammar, str):
         raise TypeError(f"grammar must be the text of a lark EBNF or GBNF grammar, got {type(grammar).__name__}")
-    from sglang_dsl.compiler.errors import GrammarError
     from sglang_dsl.compiler.lark_grammar import check_grammar
 
-    try:
-        check_grammar(grammar)
-    except GrammarError as err:
-        raise ValueError(str(err)) from None
+    check_grammar(grammar)  # a GrammarError is a ValueError, with lark's caret

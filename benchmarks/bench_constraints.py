@@ -79,6 +79,8 @@ NUMBER: /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/
 %ignore /[ \t\n]+/
 """
 JSON_GRAMMAR_TEXT = json.dumps(INSTANCE, indent=2)
+# Large character ranges, timed by --stages only (their compile, not their masks).
+UNICODE_RANGES = {"cjk": r"[一-龥]+", "astral": r"[\U00010000-\U0010ffff]+"}
 
 
 def summary(samples_s: list[float]) -> dict:
@@ -243,9 +245,9 @@ def stage_times(vocab: Vocabulary, grammar_tokens: list[int]) -> dict:
     the grammar's first pass split into the masks it computes."""
     import interegular
 
+    from sglang_dsl.compiler.automaton import regex_to_dfa
     from sglang_dsl.compiler.grammar import GrammarMatcher
     from sglang_dsl.compiler.lark_grammar import load_grammar
-    from sglang_dsl.compiler.automaton import regex_to_dfa
     from sglang_dsl.compiler.regex_syntax import normalize_regex
     from sglang_dsl.compiler.token_index import TokenIndex
 
@@ -256,6 +258,12 @@ def stage_times(vocab: Vocabulary, grammar_tokens: list[int]) -> dict:
             "interegular parse": median_ms(lambda: interegular.parse_pattern(normalize_regex(regex))),
             "byte DFA (parse included)": median_ms(lambda: regex_to_dfa(regex)),
             f"token index ({dfa.num_states} states)": median_ms(lambda: TokenIndex.build(dfa, vocab))}
+    schema_regex = json_schema_to_regex(SCHEMA)
+    out["json_schema_8_props"] = {"byte DFA of its regex": median_ms(lambda: regex_to_dfa(schema_regex))}
+    for name, regex in UNICODE_RANGES.items():  # classes are code-point intervals: a range costs its ends
+        out[f"regex_{name}"] = {
+            "interegular parse": median_ms(lambda: interegular.parse_pattern(normalize_regex(regex)), repeats=3),
+            "byte DFA (parse included)": median_ms(lambda: regex_to_dfa(regex), repeats=3)}
     load = load_grammar.__wrapped__  # past the lru_cache
     grammar = load(JSON_EBNF)
     load_ms = median_ms(lambda: load(JSON_EBNF))
@@ -281,7 +289,7 @@ def stage_times(vocab: Vocabulary, grammar_tokens: list[int]) -> dict:
 
 
 def print_stages(stages: dict) -> None:
-    print("\nstages of our cold compile (median of 5, libraries loaded), ms")
+    print("\nstages of our cold compile (median of 5, 3 for the Unicode ranges; libraries loaded), ms")
     for workload, parts in stages.items():
         print(f"  {workload}")
         for stage, ms in parts.items():

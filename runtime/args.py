@@ -43,6 +43,12 @@ class RuntimeArgs:
     - ``new_token_ratio``: share of each running request's remaining ``max_new_tokens`` that admission reserves
       KV for; it decays by ``new_token_ratio_decay`` per decode step down to ``min_new_token_ratio`` and is
       raised again after a retraction.
+
+    Constrained decoding:
+
+    - ``constraint_budget``: the token budget rule: a constrained gen keeps only tokens after which a complete
+      output still fits in the tokens it has left (``max_new_tokens``, the context), so it ends valid with
+      ``finish_reason`` ``stop`` when it runs out (``length`` only when no complete output fits at all).
     """
 
     model: str = "smollm2-135m"
@@ -66,6 +72,7 @@ class RuntimeArgs:
     new_token_ratio: float = 0.7
     min_new_token_ratio: float = 0.1
     new_token_ratio_decay: float = 0.001
+    constraint_budget: bool = True
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

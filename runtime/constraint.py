@@ -29,6 +29,7 @@ from runtime.requests import InvalidRequestError, SamplingParams
 from sglang_dsl.compiler.constraint import ConstraintCompiler, ConstraintSpec, check_constraint, default_cache_dir
 from sglang_dsl.compiler.errors import ConstraintError
 from sglang_dsl.compiler.matcher import Matcher
+from sglang_dsl.compiler.stop_tokens import StopTokens
 from sglang_dsl.compiler.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -125,15 +126,27 @@ def _checked_spec(regex: str | None, json_schema: str | None, ebnf: str | None) 
 
 
 class RequestConstraint:
-    """One request's place in its matcher."""
+    """One request's place in its matcher, with the two rules that keep its output valid:
 
-    def __init__(self, matcher: Matcher, sampling: SamplingParams, jump_forward: bool):
+    * **Token budget** (``budget_rule``): `mask` keeps only tokens after which a complete output still fits in
+      the tokens left, so a gen whose ``max_new_tokens`` (or the context) runs out ends complete; where no
+      complete output fits at all, the plain mask applies and the gen ends cut (``length``).
+    * **Stop strings** (`StopTokens`): a token containing one of the gen's stop strings is allowed exactly where
+      the text before the stop is a complete output; the stop then ends the gen (`expand` reports it), so the
+      constraint holds for the text the caller gets."""
+
+    def __init__(self, matcher: Matcher, sampling: SamplingParams, jump_forward: bool, budget_rule: bool = True):
         self.matcher = matcher
         self.state = matcher.start()
         self.allow_eos = not sampling.ignore_eos
         self.stop_token_ids = tuple(sampling.stop_token_ids)
         self.jump_forward = jump_forward
+        self.budget_rule = budget_rule
+        self.stops = StopTokens.of(matcher.vocab, sampling.stop) if sampling.stop else None
         self.jumped_tokens = 0  # tokens appended by jump-forward (not decoded)
+        self.ended_by_stop = False  # the last token sampled ends the gen with a stop string
+        self._written = bytearray()  # the output's bytes
+        self._marks: list[tuple[int, object]] = [(0, self.state)]  # (bytes written, state) at recent token ends
 
     @property
     def terminal(self) -> bool:
@@ -143,47 +156,105 @@ class RequestConstraint:
     def accepting(self) -> bool:
         return self.matcher.accepting(self.state)
 
-    def mask(self) -> np.ndarray:
-        return self.matcher.mask(self.state)
+    def mask(self, budget: int) -> np.ndarray:
+        """The packed mask of the next token, ``budget`` tokens (this one included) being left."""
+        row = self.matcher.budget_mask(self.state, budget - 1) if self.budget_rule else self.matcher.mask(self.state)
+        if self.stops is None:
+            return row
+        out = (row & ~self.stops.containing) | self.stops.ending(self.matcher, self.state)
+        for written, rest in self.stops.pending(self._tail()):
+            completing = self.stops.starting_with(rest)
+            out &= ~completing
+            if self.matcher.accepting(self._state_at(len(self._written) - written)):
+                out |= completing
+        return out if out.any() else row
 
     def advance(self, token: int) -> bool:
         """Move past a sampled token; False (state unchanged) if the matcher does not allow it."""
         nxt = self.matcher.advance(self.state, token)
         if nxt is None:
             return False
-        self.state = nxt
+        self._move(nxt, self.matcher.vocab.token_bytes[token])
         return True
 
     def expand(self, token: int, tokenizer, room: int) -> list[int] | None:
-        """The tokens to append for sampled ``token``: the token itself, or with jump-forward the token followed by
-        the text every continuation must start with, re-tokenized together (at most ``room`` tokens). The state
-        moves past all of them. None if the constraint does not allow ``token`` (which the mask prevents)."""
-        before = self.state
-        if not self.advance(token):
+        """The tokens to append for sampled ``token``, ``room`` tokens being left: the token itself, or with
+        jump-forward the token followed by the text every continuation must start with, re-tokenized together
+        (as many as leave a complete output within the room). The state moves past all of them, except when
+        the token ends the gen with a stop string (`ended_by_stop`). None if the constraint does not allow
+        ``token`` (which the mask prevents)."""
+        self.ended_by_stop = self.stops is not None and self._ends_with_stop(token)
+        if self.ended_by_stop:
+            return [token]
+        after = self.matcher.advance(self.state, token)
+        if after is None:
             log.error("token %d was sampled although the constraint does not allow it", token)
             return None
-        if not self.jump_forward or room <= 1:
-            return [token]
-        forced = self.matcher.forced(self.state)
+        tokens = (self.jump_forward and room > 1 and self._jump(token, after, tokenizer, room)) or [token]
+        for t in tokens:
+            self.advance(t)
+        self.jumped_tokens += len(tokens) - 1
+        return tokens
+
+    def _jump(self, token: int, after, tokenizer, room: int) -> list[int] | None:
+        """The sampled token and the text forced after it (from state ``after``) as tokens, or None."""
+        forced = self.matcher.forced(after)
         if not forced:
-            return [token]
-        tokens = _retokenize(self.matcher.vocab, tokenizer, token, forced)
+            return None
+        vocab = self.matcher.vocab
+        if self.stops is not None and self.stops.occurs_in(self._tail() + forced):  # a stop would cut it short
+            return None
+        tokens = _retokenize(vocab, tokenizer, token, forced)
         if tokens is None:
-            return [token]
+            return None
         tokens = tokens[:room]
         # a final token that a longer token extends is left to the model, which may prefer the longer one
-        while len(tokens) > 1 and self.matcher.vocab.extendable[tokens[-1]]:
+        while len(tokens) > 1 and vocab.extendable[tokens[-1]]:
             tokens.pop()
-        if len(tokens) <= MIN_JUMP_TOKENS:
-            return [token]
-        state = before
+        states = self._states_along(tokens)
+        if states is None:
+            return None
+        while self.budget_rule and len(tokens) > 1 and self.matcher.completion(states[len(tokens) - 1]) > room - len(
+                tokens):
+            tokens.pop()
+        return tokens if len(tokens) > MIN_JUMP_TOKENS else None
+
+    def _states_along(self, tokens: list[int]) -> list | None:
+        """The states after each of ``tokens`` in turn, from the current state; None if one is not allowed."""
+        state, states = self.state, []
         for t in tokens:
             state = self.matcher.advance(state, t)
             if state is None:
-                return [token]
+                return None
+            states.append(state)
+        return states
+
+    def _ends_with_stop(self, token: int) -> bool:
+        data = self.matcher.vocab.token_bytes[token]
+        if not data:
+            return False
+        for written, rest in self.stops.pending(self._tail()):
+            if data.startswith(rest):
+                return self.matcher.accepting(self._state_at(len(self._written) - written))
+        return bool((int(self.stops.ending(self.matcher, self.state)[token >> 5]) >> (token & 31)) & 1)
+
+    def _move(self, state, data: bytes | None) -> None:
         self.state = state
-        self.jumped_tokens += len(tokens) - 1
-        return tokens
+        if self.stops is None:
+            return
+        self._written += data or b""
+        self._marks.append((len(self._written), state))
+        oldest_needed = len(self._written) - self.stops.longest
+        while len(self._marks) > 1 and self._marks[1][0] <= oldest_needed:
+            del self._marks[0]
+
+    def _tail(self) -> bytes:
+        return bytes(self._written[-self.stops.longest:])
+
+    def _state_at(self, offset: int):
+        """The matcher state after the output's first ``offset`` bytes (at most a stop's length back)."""
+        written, state = next(m for m in reversed(self._marks) if m[0] <= offset)
+        return state if written == offset else self.matcher.advance_bytes(state, bytes(self._written[written:offset]))
 
 
 def _retokenize(vocab: Vocabulary, tokenizer, token: int, forced: bytes) -> list[int] | None:
@@ -249,14 +320,15 @@ def mask_bias(packed: np.ndarray, vocab_size: int, device: torch.device) -> torc
     return out
 
 
-def apply_constraint_masks(logits: torch.Tensor, constraints: Sequence[RequestConstraint | None]) -> torch.Tensor:
+def apply_constraint_masks(logits: torch.Tensor, constraints: Sequence[RequestConstraint | None],
+                           budgets: Sequence[int]) -> torch.Tensor:
     """``logits [B, V]`` with disallowed tokens at -inf in the rows that have a constraint (a new tensor when any
-    row does; ``logits`` itself is left unchanged)."""
+    row does; ``logits`` itself is left unchanged); ``budgets[i]``: the tokens row ``i`` may still append."""
     rows = [i for i, c in enumerate(constraints) if c is not None]
     if not rows:
         return logits
     vocab = logits.shape[1]
-    bias = mask_bias(np.stack([constraints[i].mask() for i in rows]), vocab, logits.device)
+    bias = mask_bias(np.stack([constraints[i].mask(budgets[i]) for i in rows]), vocab, logits.device)
     for j, i in enumerate(rows):
         c = constraints[i]
         if not c.allow_eos:

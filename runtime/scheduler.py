@@ -100,12 +100,17 @@ class Scheduler(ProgramSteps):
 
     def _request_constraint(self, req: Req, matcher) -> RequestConstraint | None:
         jump = self.jump_forward and not req.request.logprobs.return_logprob
-        return None if matcher is None else RequestConstraint(matcher, req.request.sampling, jump)
+        return None if matcher is None else RequestConstraint(matcher, req.request.sampling, jump,
+                                                              budget_rule=self.args.constraint_budget)
+
+    def _token_room(self, req: Req) -> int:
+        """Tokens the request may still append: within max_new_tokens and the context."""
+        return min(req.remaining_new_tokens, self.runner.context_length - 1 - req.kv_len)
 
     def _constrained_tokens(self, req: Req, token: int) -> list[int] | None:
         """The sampled token, or it and the text the constraint forces after it (jump-forward), as tokens that fit
         in max_new_tokens, the context and the KV memory this pass's jumps may still take."""
-        room = min(req.remaining_new_tokens, self.runner.context_length - 1 - req.kv_len)
+        room = self._token_room(req)
         if req.constraint.jump_forward and room > 1:
             if self._jump_room is None:  # once per pass: the sum runs over every admitted request
                 free = self._free_room() - self._reserved(self.running + self.prefilling)
@@ -353,7 +358,7 @@ class Scheduler(ProgramSteps):
         masked = logits
         if any(constraints):
             started = time.perf_counter()
-            masked = apply_constraint_masks(logits, constraints)
+            masked = apply_constraint_masks(logits, constraints, [self._token_room(r) for r in reqs])
             if self.metrics is not None:
                 self.metrics.constraint_masks(time.perf_counter() - started)
         tokens = sample(masked, batch, [r.output_ids for r in reqs], [r.input_ids for r in reqs],
@@ -384,9 +389,12 @@ class Scheduler(ProgramSteps):
         tokens = [token] if req.constraint is None else self._constrained_tokens(req, token)
         if tokens is None:
             return self._finish_running(req, FinishReason("abort", message="sampled a token the constraint forbids"))
+        ends_by_stop = req.constraint is not None and req.constraint.ended_by_stop
         for token in tokens:
             req.output_ids.append(token)
             piece = req.detokenizer.feed(token)
+            if ends_by_stop:  # the whole token, so that the stop string inside it is seen
+                piece += req.detokenizer.flush()
             if req.stop_matcher is not None:
                 hit = req.stop_matcher.feed(piece)
                 if hit is not None:
@@ -394,9 +402,9 @@ class Scheduler(ProgramSteps):
                     return self._finish_running(req, FinishReason("stop", matched=hit.stop))
             req.text += piece
             if len(req.output_ids) >= sampling.max_new_tokens:
-                return self._finish_running(req, FinishReason("length"))
+                return self._finish_running(req, self._out_of_tokens(req))
         if req.kv_len + 1 >= self.runner.context_length:
-            return self._finish_running(req, FinishReason("length"))
+            return self._finish_running(req, self._out_of_tokens(req))
         if req.constraint is not None:
             if req.constraint.terminal:  # the constraint is complete: nothing else may follow
                 return self._finish_running(req, FinishReason("stop", matched=None))
@@ -404,6 +412,15 @@ class Scheduler(ProgramSteps):
                 self._extend_forced(req)
         if req.request.stream:
             req.emit()
+
+    @staticmethod
+    def _out_of_tokens(req: Req) -> FinishReason:
+        """Why a request that has no tokens left ends: ``stop`` where its constraint's output is complete (the
+        budget rule leads there) and it could have ended there (EOS not ignored), else ``length``."""
+        constraint = req.constraint
+        if constraint is not None and constraint.budget_rule and constraint.allow_eos and constraint.accepting:
+            return FinishReason("stop", matched=None)
+        return FinishReason("length")
 
     def _finish_running(self, req: Req, reason: FinishReason) -> None:
         self.running.remove(req)
@@ -419,7 +436,7 @@ class Scheduler(ProgramSteps):
         req.emit()
 
     def _end_output(self, req: Req, reason: FinishReason) -> None:
-        if reason.type != "stop" or isinstance(reason.matched, int):
+        if not isinstance(reason.matched, str):  # a stop string set the text; anything else ends the stream
             req.text += req.detokenizer.flush()
         req.finish = reason
 

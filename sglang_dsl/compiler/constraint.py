@@ -32,7 +32,7 @@ from sglang_dsl.compiler.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-COMPILER_VERSION = "1"  # bump when compiled artifacts change meaning (invalidates the disk cache)
+COMPILER_VERSION = "2"  # bump when compiled artifacts change meaning (invalidates the disk cache)
 KINDS = ("regex", "json_schema", "ebnf")
 LAZY_ABOVE = 4000 * 50_000  # states x vocabulary size beyond which mask rows are computed on first use
 MEMORY_BYTES = 1 << 30  # compiled matchers kept in memory (approximately, by their mask tables)
@@ -229,13 +229,15 @@ def _read(path: Path, read: Callable[[BinaryIO], Any]) -> Any:
 def _write_index(f, index: TokenIndex, spec: ConstraintSpec) -> None:
     spec_bytes = np.frombuffer(json.dumps([spec.kind, spec.source]).encode(), dtype=np.uint8)
     for array in (index.dfa.transitions, index.dfa.accepting, np.int64(index.dfa.initial), index.masks, index.ready,
-                  spec_bytes):
+                  index.distances, index.thresholds, spec_bytes):
         np.save(f, array, allow_pickle=False)
 
 
 def _read_index(f, vocab: Vocabulary) -> TokenIndex | None:
     """The index `_write_index` wrote, or None when it was made for a vocabulary of another size."""
-    transitions, accepting, initial, masks, ready = (np.load(f, allow_pickle=False) for _ in range(5))
+    transitions, accepting, initial, masks, ready, distances, thresholds = (
+        np.load(f, allow_pickle=False) for _ in range(7))
     if masks.shape[1] != (vocab.size + 31) // 32:
         return None
-    return TokenIndex(ByteDFA(transitions, accepting, int(initial)), vocab, masks, ready)
+    return TokenIndex(ByteDFA(transitions, accepting, int(initial)), vocab, masks, ready, distances=distances,
+                      thresholds=thresholds)

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sglang_dsl.compiler.grammar_budget import GrammarBudget
 from sglang_dsl.compiler.grammar_lexer import ContextualLexer, build_lexer
 from sglang_dsl.compiler.lark_grammar import Grammar, load_grammar
 from sglang_dsl.compiler.lalr_stack import LalrStacks, StackTopCache
@@ -127,6 +128,7 @@ class GrammarMatcher:
         self._duplicates = dups
         self._eos = [t for t in vocab.eos_token_ids if 0 <= t < vocab.size]
         self.start()  # builds the first lexer: fails early on an unusable grammar
+        self._budget: GrammarBudget | None = None
 
     # ---- configurations ---------------------------------------------------------------------------------------
 
@@ -261,6 +263,21 @@ class GrammarMatcher:
             for eos in self._eos:
                 row[eos >> 5] |= np.uint32(1 << (eos & 31))
         return row
+
+    def completion(self, state: frozenset) -> int:
+        with self._lock:
+            return self.budget.state_cost(state)
+
+    def budget_mask(self, state: frozenset, limit: int) -> np.ndarray:
+        with self._lock:
+            return self.budget.mask(state, limit)
+
+    @property
+    def budget(self) -> GrammarBudget:
+        """Costs and budget masks (`grammar_budget.py`), set up on first use."""
+        if self._budget is None:
+            self._budget = GrammarBudget(self)
+        return self._budget
 
     def forced(self, state: frozenset, limit: int = 256) -> bytes:
         """Bytes every continuation starts with (none where the output may end)."""

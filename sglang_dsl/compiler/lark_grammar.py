@@ -32,9 +32,16 @@ class Terminal:
     dfa: ByteDFA
 
 
+Rule = tuple[str, tuple[str, ...]]  # (nonterminal, the symbols it expands to)
+Item = tuple[int, str | None, tuple[str, ...]]  # (symbols before the dot, rule's nonterminal, symbols after)
+
+
 @dataclass(frozen=True, eq=False)
 class Grammar:
-    """A grammar's terminals (as DFAs), its LALR table in plain Python, and its ignored terminals."""
+    """A grammar's terminals (as DFAs), its LALR table in plain Python, and its ignored terminals; also its rules
+    and, per LALR state, the kernel items (rules part-way read: how many symbols were read, what is left), which
+    tell how an output can be completed from a parser stack (`grammar_budget.py`). The start state's item
+    ``(0, None, ("start",))`` stands for the whole output."""
 
     source: str
     terminals: tuple[Terminal, ...]
@@ -42,12 +49,15 @@ class Grammar:
     actions: tuple[dict, ...]  # per LALR state: symbol -> (True, next state) | (False, (pop count, nonterminal))
     start_state: int
     end_state: int
+    rules: tuple[Rule, ...]
+    items: tuple[tuple[Item, ...], ...]
 
     def save(self, f: BinaryIO) -> None:
         """Write the grammar as .npy records: a JSON header, then each terminal's transitions and accepting states
         (no pickles: `load` runs no code from the file)."""
         header = {"source": self.source, "ignore": sorted(self.ignore), "start_state": self.start_state,
                   "end_state": self.end_state, "actions": [list(a.items()) for a in self.actions],
+                  "rules": self.rules, "items": self.items,
                   "terminals": [[t.name, t.regex, t.dfa.initial] for t in self.terminals]}
         np.save(f, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), allow_pickle=False)
         for t in self.terminals:
@@ -63,8 +73,10 @@ class Grammar:
             for name, regex, initial in header["terminals"])
         actions = tuple({symbol: (shift, arg if shift else tuple(arg)) for symbol, (shift, arg) in items}
                         for items in header["actions"])
+        rules = tuple((origin, tuple(expansion)) for origin, expansion in header["rules"])
+        items = tuple(tuple((pop, origin, tuple(rest)) for pop, origin, rest in state) for state in header["items"])
         return cls(header["source"], terminals, frozenset(header["ignore"]), actions, header["start_state"],
-                   header["end_state"])
+                   header["end_state"], rules, items)
 
 
 def check_grammar(text: str) -> None:
@@ -116,14 +128,57 @@ def load_grammar(text: str) -> Grammar:
         states[state] = actions
     n = max(states) + 1
     names = {t.name: i for i, t in enumerate(terminals)}
+    actions = tuple(states.get(i, {}) for i in range(n))
+    rules = tuple((str(r.origin.name), tuple(str(x.name) for x in r.expansion)) for r in parser.rules)
     return Grammar(
         source=source,
         terminals=tuple(terminals),
         ignore=frozenset(names[name] for name in parser.ignore_tokens if name in names),
-        actions=tuple(states.get(i, {}) for i in range(n)),
+        actions=actions,
         start_state=table.start_states["start"],
         end_state=table.end_states["start"],
+        rules=rules,
+        items=kernel_items(rules, actions, table.start_states["start"]),
     )
+
+
+def kernel_items(rules: tuple[Rule, ...], actions: tuple[dict, ...], start_state: int) -> tuple[tuple[Item, ...], ...]:
+    """The LR(0) kernel items of every LALR state, recovered from the table's shifts and gotos: an item with
+    symbol X after its dot, in state p, moves its dot past X in the state p shifts X to."""
+    by_origin: dict[str, list[int]] = {}
+    for index, (origin, _) in enumerate(rules):
+        by_origin.setdefault(origin, []).append(index)
+    root = (None, ("start",))
+    every = (*rules, root)
+    kernels: list[set[tuple[int, int]]] = [set() for _ in actions]
+    kernels[start_state].add((len(rules), 0))
+    pending = [start_state]
+    while pending:
+        state = pending.pop()
+        for rule, dot in _closure(kernels[state], every, by_origin):
+            expansion = every[rule][1]
+            if dot == len(expansion):
+                continue
+            action = actions[state].get(expansion[dot])
+            if action is not None and action[0] and (rule, dot + 1) not in kernels[action[1]]:
+                kernels[action[1]].add((rule, dot + 1))
+                pending.append(action[1])
+    root_index = len(rules)  # read past "start" only in the end state, where the parser accepts
+    return tuple(tuple(sorted(((dot, every[rule][0], every[rule][1][dot:]) for rule, dot in kernel
+                               if (rule == root_index) == (dot == 0)), key=repr)) for kernel in kernels)
+
+
+def _closure(kernel: set[tuple[int, int]], rules: tuple, by_origin: dict[str, list[int]]) -> set[tuple[int, int]]:
+    items, pending = set(kernel), list(kernel)
+    while pending:
+        rule, dot = pending.pop()
+        expansion = rules[rule][1]
+        if dot < len(expansion):
+            for index in by_origin.get(expansion[dot], ()):
+                if (index, 0) not in items:
+                    items.add((index, 0))
+                    pending.append((index, 0))
+    return items
 
 
 _LARK_LOCK = threading.Lock()

@@ -4,7 +4,12 @@ requests) and a per-request state it advances token by token.
 Every matcher answers, for a state: the packed mask of allowed tokens (``[ceil(V / 32)]`` uint32, EOS ids set
 where the output may end), whether the output may end there (`accepting`) or must (`terminal`), the state after a
 token (None if the token was not allowed), and the bytes every continuation must start with (`forced`, for
-jump-forward)."""
+jump-forward).
+
+For the token budget rule, also: `completion`, how many tokens at most the shortest way from a state to a
+complete output takes (0 where the output may end), and `budget_mask`, the mask restricted to tokens after which
+that many still fit in ``limit`` tokens (the plain mask where no completion fits at all, ``completion(state) >
+limit + 1``)."""
 
 from __future__ import annotations
 
@@ -30,6 +35,10 @@ class Matcher(Protocol):
     def terminal(self, state: Any) -> bool: ...
 
     def forced(self, state: Any) -> bytes: ...
+
+    def completion(self, state: Any) -> int: ...
+
+    def budget_mask(self, state: Any, limit: int) -> np.ndarray: ...
 
 
 class RegexMatcher:
@@ -60,6 +69,14 @@ class RegexMatcher:
 
     def forced(self, state: int) -> bytes:
         return self.index.dfa.forced_bytes(state)
+
+    def completion(self, state: int) -> int:
+        return int(self.index.distances[state])
+
+    def budget_mask(self, state: int, limit: int) -> np.ndarray:
+        if self.index.distances[state] > limit + 1:  # nothing fits: the output will be cut
+            return self.index.row(state)
+        return self.index.row_within(state, limit)
 
     def advance_bytes(self, state: int, data: bytes) -> int | None:
         nxt = self.index.dfa.walk(state, data)

@@ -13,11 +13,18 @@ over the trie. Rows are built eagerly for every state, or lazily on first use (`
 Soundness needs more than byte-level liveness when the vocabulary cannot spell some byte on its own: a state
 that is live for bytes could be a dead end for tokens. When that can happen the index is built eagerly and
 tokens leading into states from which no token sequence reaches acceptance are removed (a fixpoint).
+
+**Token budgets.** An eager build also records which states each state's tokens lead to, and from that the
+exact number of tokens each state needs at least to reach acceptance (`distances`) and the most any of its
+tokens leaves to do (`thresholds`). With ``limit`` tokens left after the next one, `row_within` keeps the tokens
+whose end state can still be completed in time; a state whose threshold is within the limit keeps its whole row.
+A lazy index (huge automata) bounds distances by single-byte tokens instead and checks every state.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable
@@ -25,10 +32,13 @@ from typing import Iterable
 import numpy as np
 
 from sglang_dsl.compiler.automaton import ByteDFA
+from sglang_dsl.compiler.completion import UNREACHABLE, byte_distances, token_distances
 from sglang_dsl.compiler.errors import VocabularyError
 from sglang_dsl.compiler.vocabulary import Vocabulary
 
 _CHUNK_PAIRS = 1 << 21  # most (state, trie node) pairs carried through one level at once
+_CHUNK_REACH = 1 << 24  # most (state, end state) flags collected at once while recording successors
+WITHIN_ROWS = 4096  # budget rows (`row_within`) kept per index
 
 
 def packed_words(vocab_size: int) -> int:
@@ -44,7 +54,10 @@ class TokenIndex:
     masks: np.ndarray  # uint32 [S, W]
     ready: np.ndarray  # bool [S]: row computed
     eos: bool = True  # set the EOS bits of accepting states
+    distances: np.ndarray | None = None  # int32 [S]: fewest tokens to acceptance (`UNREACHABLE`: none)
+    thresholds: np.ndarray | None = None  # int32 [S]: most tokens left to do after any one allowed token
     _crossings: dict = field(default_factory=dict, repr=False)  # state -> `accepting_nodes`
+    _within: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (state, limit) -> budget row
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -59,7 +72,12 @@ class TokenIndex:
         if _needs_token_fixpoint(dfa, vocab):
             index._build_with_fixpoint()
         elif not lazy:
-            index.rows(np.arange(s))
+            successors: list = []
+            index.masks[:] = index._compute(np.arange(s), successors=successors)
+            index.ready[:] = True
+            index._set_distances(*_concat_pairs(successors))
+        else:
+            index._set_byte_distances()
         if check:
             index._check_initial()
         return index
@@ -105,6 +123,29 @@ class TokenIndex:
                     self.masks[missing] = self._compute(missing)
                     self.ready[missing] = True
         return self.masks[states]
+
+    def row_within(self, state: int, limit: int) -> np.ndarray:
+        """The packed mask of ``state`` restricted to tokens after which at most ``limit`` more tokens reach
+        acceptance (EOS kept where the state accepts). The whole row when every token qualifies."""
+        if limit >= self.thresholds[state]:
+            return self.row(state)
+        key = (state, limit)
+        with self._lock:
+            row = self._within.get(key)
+            if row is not None:
+                self._within.move_to_end(key)
+                return row
+        row = self.row_where(state, self.distances, limit)
+        with self._lock:
+            self._within[key] = row
+            if len(self._within) > WITHIN_ROWS:
+                self._within.popitem(last=False)
+        return row
+
+    def row_where(self, state: int, distances: np.ndarray, limit: int) -> np.ndarray:
+        """The packed mask of ``state`` restricted to tokens whose end state ``e`` has ``distances[e] <= limit``
+        (``distances``: any per-state costs, ``[S]``). Not cached."""
+        return self._compute(np.array([state]), within=(distances, limit))[0]
 
     def allowed_tokens(self, state: int) -> np.ndarray:
         """Token ids allowed in ``state`` (EOS included where it accepts), ascending."""
@@ -164,8 +205,11 @@ class TokenIndex:
         if not self.row(self.initial).any():
             raise VocabularyError("no sequence of this vocabulary's tokens matches the constraint")
 
-    def _compute(self, states: np.ndarray, ends: list | None = None) -> np.ndarray:
-        """Packed rows of ``states``; with ``ends``, also append (row, token, end state) arrays to it."""
+    def _compute(self, states: np.ndarray, ends: list | None = None, successors: list | None = None,
+                 within: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+        """Packed rows of ``states``; with ``ends``, also append (row, token, end state) arrays to it; with
+        ``successors``, (state, end state) pairs, each once; with ``within = (costs, limit)``, only tokens whose
+        end state costs at most ``limit``."""
         vocab, trie = self.vocab, self.vocab.trie
         v = vocab.size
         out = np.zeros((states.size, packed_words(v) * 4), dtype=np.uint8)
@@ -176,8 +220,11 @@ class TokenIndex:
             trie.node_byte, trie.first_child, trie.num_children, trie.node_token)
         # states in chunks sized so that a dense chunk stays within _CHUNK_PAIRS pairs per level
         per_state = max(1, _CHUNK_PAIRS // max(1, trie.num_nodes))
+        if successors is not None:
+            per_state = max(1, min(per_state, _CHUNK_REACH // (self.dfa.num_states + 1)))
         for start in range(0, states.size, per_state):
             chunk = states[start : start + per_state]
+            reach = None if successors is None else np.zeros(chunk.size * (self.dfa.num_states + 1), dtype=bool)
             allowed = np.zeros((chunk.size, v), dtype=bool)
             rows = np.arange(chunk.size, dtype=np.int64)
             nodes = np.zeros(chunk.size, dtype=np.int64)
@@ -196,7 +243,11 @@ class TokenIndex:
                 rows, nodes, current = rows[parent[keep]], child[keep], nxt[keep]
                 tokens = node_token[nodes]
                 has = tokens >= 0
+                if within is not None:
+                    has &= within[0][current] <= within[1]
                 allowed[rows[has], tokens[has]] = True
+                if reach is not None:
+                    reach[rows[has] * (self.dfa.num_states + 1) + current[has]] = True
                 if chunk.size == 1:  # the crossing nodes come for free
                     hit = accepting[current] & (num_children[nodes] > 0)
                     crossings.append((nodes[hit], current[hit]))
@@ -206,6 +257,9 @@ class TokenIndex:
                 self._crossings[int(chunk[0])] = (
                     np.concatenate([c[0] for c in crossings] or [np.zeros(0, np.int64)]),
                     np.concatenate([c[1] for c in crossings] or [np.zeros(0, np.int64)]))
+            if reach is not None:
+                src, dst = np.divmod(np.flatnonzero(reach), self.dfa.num_states + 1)
+                successors.append((chunk[src], dst))
             for primary, dup in trie.duplicates:
                 allowed[:, dup] = allowed[:, primary]
                 if ends is not None:
@@ -229,20 +283,11 @@ class TokenIndex:
         tok = [e[1] for e in ends if e[2] is not None]
         dst = [e[2] for e in ends if e[2] is not None]
         if not src:
+            self._set_distances(np.zeros(0, np.int64), np.zeros(0, np.int64))
             return
         src_a, tok_a, dst_a = np.concatenate(src), np.concatenate(tok), np.concatenate(dst)
-        live = self.dfa.accepting[:s].copy()
-        # reverse BFS over (dst -> src) edges
-        order = np.argsort(dst_a, kind="stable")
-        dst_sorted, src_sorted = dst_a[order], src_a[order]
-        bounds = np.searchsorted(dst_sorted, np.arange(s + 1))
-        stack = list(np.nonzero(live)[0])
-        while stack:
-            d = stack.pop()
-            for p in src_sorted[bounds[d] : bounds[d + 1]]:
-                if not live[p]:
-                    live[p] = True
-                    stack.append(int(p))
+        self._set_distances(src_a, dst_a)
+        live = self.distances < UNREACHABLE  # token sequences reach acceptance from these
         bad = ~live[dst_a]
         if bad.any():
             allowed = np.unpackbits(self.masks.view(np.uint8), axis=1, bitorder="little")
@@ -251,6 +296,24 @@ class TokenIndex:
             for primary, dup in self.vocab.trie.duplicates:
                 allowed[:, dup] = allowed[:, primary]
             self.masks[:] = np.packbits(allowed, axis=1, bitorder="little").view("<u4")
+
+
+    def _set_distances(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Exact `distances` and `thresholds` from the (state, end state) pairs of every allowed token."""
+        self.distances, self.thresholds = token_distances(self.dfa.num_states, src, dst, self.dfa.accepting)
+
+    def _set_byte_distances(self) -> None:
+        """Bounds for a lazy index: distances over single-byte tokens; every state is checked."""
+        usable = self.vocab.single_byte_tokens
+        self.distances = byte_distances(self.dfa, usable)
+        finite = self.distances[self.distances < UNREACHABLE]
+        self.thresholds = np.full(self.dfa.num_states, finite.max() + 1 if finite.size else 0, dtype=np.int32)
+
+
+def _concat_pairs(pairs: list) -> tuple[np.ndarray, np.ndarray]:
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
 
 def _needs_token_fixpoint(dfa: ByteDFA, vocab: Vocabulary) -> bool:

@@ -122,7 +122,28 @@ def run_ours(vocab: Vocabulary, spec: ConstraintSpec, tokens: list[int]) -> dict
     states = getattr(getattr(matcher, "index", None), "num_states", None)
     return {"compile_cold_s": cold, "compile_warm_memory_s": warm_memory, "compile_warm_disk_s": warm_disk,
             "first_pass": passes[0], "steady": passes[1], "states": states,
-            "index_mb": getattr(matcher, "nbytes", 0) / 1e6 or None}
+            "index_mb": getattr(matcher, "nbytes", 0) / 1e6 or None, "budget": budget_passes(vocab, spec, tokens)}
+
+
+def budget_passes(vocab: Vocabulary, spec: ConstraintSpec, tokens: list[int]) -> dict:
+    """Mask time under the token budget rule on a fresh compile, the budget being exactly the text's tokens (the
+    rule is as tight as it gets: at every step only tokens that keep a complete output within the tokens left),
+    and with an ample budget (the rule's check alone)."""
+    out = {}
+    for name, spare in (("tight", 0), ("ample", 1 << 20)):
+        matcher = ConstraintCompiler(vocab, cache_dir=None).compile(spec)
+        passes = []
+        for _ in range(2):
+            state, times = matcher.start(), []
+            for i, token in enumerate(tokens):
+                started = time.perf_counter()
+                row = matcher.budget_mask(state, len(tokens) - i - 1 + spare)
+                times.append(time.perf_counter() - started)
+                assert (int(row[token >> 5]) >> (token & 31)) & 1, "the rule masked the text's own token"
+                state = matcher.advance(state, token)
+            passes.append(summary(times))
+        out[name] = {"first_pass": passes[0], "steady": passes[1]}
+    return out
 
 
 def mask_apply_time(vocab: Vocabulary) -> dict:
@@ -439,6 +460,10 @@ def print_row(name: str, row: dict) -> None:
         print(f"  {engine:14s} {r['compile_cold_s'] * 1e3:11.1f}ms {'' if warm is None else f'{warm * 1e3:8.3f}ms':>10s} "
               f"{r['first_pass']['mean_us']:8.1f}us {r['first_pass']['p50_us']:6.1f}us {r['first_pass']['p99_us']:7.0f}us "
               f"{r['steady']['mean_us']:10.1f}us {r['steady']['p99_us']:9.1f}us")
+        for budget, b in r.get("budget", {}).items():
+            print(f"  {'  budget ' + budget:14s} {'':>13s} {'':>10s} {b['first_pass']['mean_us']:8.1f}us "
+                  f"{b['first_pass']['p50_us']:6.1f}us {b['first_pass']['p99_us']:7.0f}us "
+                  f"{b['steady']['mean_us']:10.1f}us {b['steady']['p99_us']:9.1f}us")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sglang_dsl.compiler.grammar_budget import HORIZON as BUDGET_HORIZON
 from sglang_dsl.compiler.grammar_budget import GrammarBudget
 from sglang_dsl.compiler.grammar_lexer import ContextualLexer, build_lexer
 from sglang_dsl.compiler.lark_grammar import Grammar, load_grammar
@@ -269,6 +270,9 @@ class GrammarMatcher:
             return self.budget.state_cost(state)
 
     def budget_mask(self, state: frozenset, limit: int) -> np.ndarray:
+        cost = self.budget.known_cost(state)
+        if cost is not None and limit >= cost + BUDGET_HORIZON:  # ample: the plain mask, without the lock
+            return self.mask(state)
         with self._lock:
             return self.budget.mask(state, limit)
 
@@ -276,7 +280,8 @@ class GrammarMatcher:
     def budget(self) -> GrammarBudget:
         """Costs and budget masks (`grammar_budget.py`), set up on first use."""
         if self._budget is None:
-            self._budget = GrammarBudget(self)
+            with self._lock:
+                self._budget = self._budget or GrammarBudget(self)
         return self._budget
 
     def forced(self, state: frozenset, limit: int = 256) -> bytes:

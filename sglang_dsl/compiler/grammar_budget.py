@@ -51,6 +51,7 @@ class GrammarBudget:
         self._items = [[(pop, origin, _sum(symbols.get(x, UNREACHABLE) for x in rest)) for pop, origin, rest in state]
                        for state in grammar.items]
         self._caches: dict[str, OrderedDict] = {}
+        self._state_costs: dict[frozenset, int] = {}
         self._lexer_members: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # ---- costs ----------------------------------------------------------------------------------------------
@@ -106,7 +107,16 @@ class GrammarBudget:
         return min((self.finish(t, s) + self.after(stack, t) for t, s in members), default=UNREACHABLE)
 
     def state_cost(self, state: frozenset) -> int:
-        return self._cached("state", state, lambda: min((self.config_cost(c) for c in state), default=UNREACHABLE))
+        cost = self._state_costs.get(state)
+        if cost is None:
+            if len(self._state_costs) >= 16 * CACHE_ITEMS:
+                self._state_costs.clear()
+            cost = self._state_costs[state] = min((self.config_cost(c) for c in state), default=UNREACHABLE)
+        return cost
+
+    def known_cost(self, state: frozenset) -> int | None:
+        """The state's cost if computed already (a dict read: safe without the matcher's lock)."""
+        return self._state_costs.get(state)
 
     # ---- masks ----------------------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class RegexMatcher:
     def __init__(self, index: TokenIndex):
         self.index = index
         self.vocab = index.vocab
+        self._thresholds = index.thresholds.tolist()  # a list: the budget rule's check runs every step
 
     def start(self) -> int:
         return self.index.initial
@@ -74,7 +75,7 @@ class RegexMatcher:
         return int(self.index.distances[state])
 
     def budget_mask(self, state: int, limit: int) -> np.ndarray:
-        if self.index.distances[state] > limit + 1:  # nothing fits: the output will be cut
+        if limit >= self._thresholds[state] or self.index.distances[state] > limit + 1:  # ample, or nothing fits
             return self.index.row(state)
         return self.index.row_within(state, limit)
 

@@ -202,3 +202,35 @@ def test_the_openai_sdk_gets_structured_output(server):
                 assert choice.finish_reason == "stop" and check(choice.message.content), choice.message.content
     finally:
         client.close()
+
+
+def test_output_is_valid_when_the_tokens_run_out_over_http(server):
+    """The token budget rule over both APIs: outputs cut short by max_tokens still parse, with finish_reason stop;
+    length only where no complete output fits at all."""
+    import json
+    import re
+
+    import httpx
+    import jsonschema
+    import openai
+
+    schema = {"type": "object", "required": ["city", "story"],
+              "properties": {"city": {"type": "string"}, "story": {"type": "string"}}}
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    try:
+        reply = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Tell a long story about a city, as JSON."}],
+            max_tokens=20, temperature=1.0, n=6, seed=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "story", "schema": schema}})
+    finally:
+        client.close()
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content), schema)
+    ipv4 = r"((25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(25[0-5]|2[0-4]\d|[01]?\d\d?)"
+    for budget, finish in ((8, "stop"), (5, "length")):
+        body = {"text": "The server's IP address is ",
+                "sampling_params": {"max_new_tokens": budget, "temperature": 1.0, "regex": ipv4}}
+        out = httpx.post(server.url + "/generate", json=body, timeout=60).json()
+        assert out["meta_info"]["finish_reason"]["type"] == finish
+        assert finish == "length" or re.fullmatch(ipv4, out["text"])

@@ -23,12 +23,15 @@ Handler = Callable[["Stub", str, dict], Awaitable[None]]
 
 class Stub:
     """A raw HTTP/1.1 server on a loopback port in its own thread; ``handler(stub, path, body)`` answers each
-    request by calling `respond`, `stream` or `hang` (or by closing the connection). ``requests`` logs them."""
+    request by calling `respond`, `stream` or `hang` (or by closing the connection), except those for the
+    ``info_paths``, answered with ``model_info`` or ``server_info``. ``requests`` logs them."""
 
-    def __init__(self, handler: Handler, server_info: dict | None = None, model_info: dict | None = None):
+    def __init__(self, handler: Handler, server_info: dict | None = None, model_info: dict | None = None,
+                 info_paths: tuple[str, ...] = ("/get_model_info", "/server_info")):
         self.handler = handler
         self.server_info = server_info or {}
         self.model_info = model_info or {"model_path": "stub"}
+        self.info_paths = info_paths
         self.requests: list[tuple[str, Any]] = []
         self.connections: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
@@ -48,7 +51,7 @@ class Stub:
                 path = head[0].split(" ")[1]
                 body = json.loads(raw) if raw else {}
                 self.requests.append((path, body))
-                if path in ("/get_model_info", "/server_info"):
+                if path in self.info_paths:
                     await self.respond(writer, 200, self.model_info if "model" in path else self.server_info)
                 else:
                     await self.handler(self, path, body, writer)
@@ -259,6 +262,40 @@ def test_the_constructor_names_the_url_it_could_not_reach():
 
 
 # ------------------------------------------------------------------------------ coalescing
+
+async def generate_only(stub: Stub, path: str, body: dict, writer) -> None:
+    """SGLang's ``/generate`` (one answer) and a 404 for every other route."""
+    if path == "/generate":
+        await stub.respond(writer, 200, answer())
+    else:
+        await stub.respond(writer, 404, {"detail": "Not Found"})
+
+
+@pytest.mark.parametrize("info_paths", [("/get_model_info", "/get_server_info"), ("/model_info", "/server_info")],
+                         ids=["older-sglang", "newest-names-only"])
+def test_model_and_server_info_are_asked_where_the_server_answers_them(baseline, info_paths):
+    stub = Stub(generate_only, server_info={"program_endpoint": True, "version": "old"}, info_paths=info_paths)
+    try:
+        with _endpoint(stub) as endpoint:
+            assert endpoint.capabilities.segments and endpoint.server_info()["version"] == "old"
+            assert one_gen.run(backend=endpoint)["x"] == " ok"
+        asked = [path for path, _ in stub.requests if path != "/generate"]
+        assert set(info_paths) <= set(asked) and len(asked) <= 5  # each name tried once, at most
+    finally:
+        stub.stop()
+
+
+def test_a_server_without_server_info_is_used_through_sglangs_api_alone(baseline):
+    stub = Stub(generate_only, info_paths=("/get_model_info",))
+    try:
+        with _endpoint(stub) as endpoint:
+            assert not endpoint.capabilities.segments
+            assert one_gen.run(backend=endpoint)["x"] == " ok"
+            with pytest.raises(HttpError, match="/server_info answered 404"):
+                endpoint.server_info()
+    finally:
+        stub.stop()
+
 
 def test_concurrent_requests_are_coalesced_and_split_back_in_order(baseline, unplanned):
 

@@ -361,15 +361,19 @@ def test_stream_logprobs(runtime):
 
     async def consume():
         ret = qa.run(question="What is the capital of France?", stream=True, temperature=0, max_new_tokens=12)
-        return [item async for item in ret.text_async_iter("answer", return_meta_data=True)]
+        return ret, [item async for item in ret.text_async_iter("answer", return_meta_data=True)]
 
-    chunks = asyncio.run(consume())
+    ret, chunks = asyncio.run(consume())
     assert chunks and all(chunk for chunk, _ in chunks)
-    previous = 0
+    previous, entries = 0, []
     for _, meta in chunks:
         assert meta["completion_tokens"] == meta["output_token_logprobs_length"]
         assert len(meta["output_token_logprobs"]) == meta["completion_tokens"] - previous
         previous = meta["completion_tokens"]
+        entries += meta["output_token_logprobs"]
+    whole = ret.get_meta_info("answer")  # after the stream: every entry, once
+    assert whole["output_token_logprobs"][: len(entries)] == entries
+    assert len(whole["output_token_logprobs"]) == whole["output_token_logprobs_length"]
 
 
 def test_gen_min_new_tokens(runtime):

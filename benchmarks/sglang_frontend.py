@@ -14,6 +14,7 @@ stand-in offering only ``is_hip`` (the one server helper ``test_programs.py`` im
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -66,12 +67,20 @@ def load(path: Path = DEFAULT_PATH) -> types.ModuleType:
     return sglang
 
 
-def load_test_programs(path: Path = DEFAULT_PATH) -> types.ModuleType:
-    """``sglang.test.test_programs``, SGLang's own test programs, running on the frontend `load` makes."""
+def load_test_programs(path: Path = DEFAULT_PATH, frontend: types.ModuleType | None = None) -> types.ModuleType:
+    """``sglang.test.test_programs``, SGLang's own test programs, on the frontend `load` makes; given a
+    ``frontend`` module (``sglang_dsl``), a separate copy of the module whose functions use that one as ``sgl``
+    (the same code: its ``import sglang as sgl`` is rebound once it has run)."""
     load(path)
     import sglang.test.test_programs as programs
 
-    return programs
+    if frontend is None:
+        return programs
+    spec = importlib.util.find_spec(programs.__name__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.sgl = frontend
+    return module
 
 
 def _frontend_api() -> dict[str, Any]:

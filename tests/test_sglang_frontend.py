@@ -187,6 +187,33 @@ def test_runtime_endpoint_sends_gen_int_as_sglangs_frontend_does(sglang, served,
     wait_idle(engine)
 
 
+@pytest.mark.slow
+def test_the_local_runtime_constrains_gen_int_as_sglangs_frontend_does(sglang, local, monkeypatch):
+    """The engine requests of a gen_int, as one program request (a segment) and as a streamed per-node request:
+    each carries SGLang's int regex and its stops."""
+    runtime, engine = local
+    seen = []
+    make_program, make_request = engine.make_program, engine.make_request
+    monkeypatch.setattr(engine, "make_program", lambda *a, **kw: _seen(seen, make_program(*a, **kw)))
+    monkeypatch.setattr(engine, "make_request", lambda *a, **kw: _seen(seen, make_request(*a, **kw)))
+
+    @sglang_dsl.function
+    def hours(s):
+        s += "The number of hours in a day is " + sglang_dsl.gen_int("hours", max_tokens=3) + "\n"
+
+    assert int(hours.run(backend=runtime, temperature=0)["hours"]) >= 0
+    assert int(hours.run(backend=runtime, temperature=0, stream=True)["hours"]) >= 0
+    assert [(request.regex, request.stop) for request in seen] == [(sglang.lang.ir.REGEX_INT, (" ", "\n"))] * 2
+    wait_idle(engine)
+
+
+def _seen(seen: list, request):
+    """Note the sampling parameters of an engine request (a program request's gen steps') and return it."""
+    steps = getattr(request, "steps", None)
+    seen.extend([step.sampling for step in steps if hasattr(step, "sampling")] if steps else [request.sampling])
+    return request
+
+
 # --------------------------------------------------------------------------------------------- as SGLang asserts
 
 @pytest.mark.slow

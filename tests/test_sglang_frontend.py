@@ -289,15 +289,35 @@ def test_react(programs, ran):
     assert ("answer" in state) == (actions[-1] == "Finish")
 
 
+@pytest.mark.slow
+def test_parallel_encoding(programs, frontend, sglang, ran):
+    if frontend is sglang:
+        pytest.skip("SGLang's RuntimeEndpoint calls /concate_and_append_request, which SGLang's server lacks too (the "
+                    "program hangs); SGLang runs it on OpenAI and VertexAI only")
+    # SGLang asserts "Noah" in the answer; SmolLM2-135M answers otherwise. The join's shape: the branches'
+    # statements appended in order, before the question.
+    with pytest.raises(AssertionError):
+        programs.test_parallel_encoding()
+    (_, state), = ran
+    text = state.text()
+    assert text.index("Statement 0: Ethan") < text.index("Statement 1: Noah") < text.index("Statement 2: Oliver") \
+        < text.index("Question: Who is the father of Julian?") and isinstance(state["answer"], str)
+
+
 # --------------------------------------------------------------------------------------------- other backends'
+
+@pytest.mark.slow
+def test_chat_completion_speculative(programs, frontend, sglang):
+    if frontend is sglang:
+        pytest.skip("API speculative execution is SGLang's OpenAI backend's: the program reads backend.is_chat_model")
+    programs.test_chat_completion_speculative()  # num_api_spec_tokens has no effect on the local runtime
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, reason", [
     ("test_image_qa", "needs a vision model: the embedded model is text-only (the server refuses image_data)"),
-    ("test_parallel_encoding", "SGLang's RuntimeEndpoint calls /concate_and_append_request, which SGLang's server "
-                               "lacks too; SGLang runs it on OpenAI and VertexAI only"),
-    ("test_completion_speculative", "API speculative execution is OpenAI's: it reads the backend's token_usage"),
-    ("test_chat_completion_speculative", "API speculative execution is OpenAI's: it reads backend.is_chat_model"),
+    ("test_completion_speculative", "API speculative execution is OpenAI's: the program reads the backend's "
+                                    "token_usage"),
 ])
 def test_other_backends_programs(programs, name, reason):
     pytest.skip(reason)

@@ -26,6 +26,7 @@ from benchmarks import sglang_frontend
 from runtime.args import RuntimeArgs
 from runtime.engine import Engine
 from runtime.server import BackgroundServer, create_app
+from test_lang_programs import check_held_back_logprobs
 from test_server import wait_idle
 
 MAX_NEW_TOKENS = 16
@@ -222,6 +223,15 @@ def _seen(seen: list, request):
     "test_stream", "test_stream_logprobs", "test_regex", "test_dtype_gen"])
 def test_sglang_program(programs, name):
     getattr(programs, name)()
+
+
+@pytest.mark.slow
+def test_streamed_logprobs_of_held_back_text_come_with_the_next_piece(frontend, sglang):
+    """Beyond SGLang's test_stream_logprobs: steps that add no text (inside a Japanese character) send their
+    entries, which SGLang's frontend merges into the next piece."""
+    if frontend is not sglang:
+        pytest.skip("tests/test_lang_programs.py runs it on our language (test_endpoint_programs.py over HTTP)")
+    check_held_back_logprobs(sglang)
 
 
 @pytest.mark.slow

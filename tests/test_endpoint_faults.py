@@ -297,6 +297,41 @@ def test_a_server_without_server_info_is_used_through_sglangs_api_alone(baseline
         stub.stop()
 
 
+@pytest.mark.parametrize("cumulative", [False, True], ids=["per-chunk (ours)", "cumulative (SGLang's default)"])
+def test_streamed_logprobs_add_up_whether_a_server_sends_them_per_chunk_or_cumulative(baseline, cumulative):
+    """Three tokens " a", " b" (held back: no text), " c": the pieces carry each token's entry once, and the
+    variable's meta all three, from a server of either kind."""
+    entries = [[-0.5, 1, " a"], [-0.6, 2, " b"], [-0.7, 3, " c"]]
+    texts = [" a", " a", " a b c"]
+
+    async def frames(stub, path, body, writer):
+        payload = b""
+        for n, text in enumerate(texts, 1):
+            meta = {"finish_reason": {"type": "length", "length": 3} if n == 3 else None, "completion_tokens": n,
+                    "output_token_logprobs": entries[: n] if cumulative else entries[n - 1: n],
+                    "output_token_logprobs_length": n}
+            payload += b"data: %s\n\n" % json.dumps({"text": text, "meta_info": meta}).encode()
+        await stub.respond(writer, 200, payload + b"data: [DONE]\n\n")
+
+    @sgl.function
+    def scored(s):
+        s += "Hello" + sgl.gen("x", max_tokens=3, return_logprob=True)
+
+    async def consume(endpoint):
+        state = scored.run(backend=endpoint, stream=True)
+        return state, [item async for item in state.text_async_iter("x", return_meta_data=True)]
+
+    stub = Stub(frames)
+    try:
+        with _endpoint(stub) as endpoint:
+            state, pieces = asyncio.run(consume(endpoint))
+        assert [(piece, meta["output_token_logprobs"]) for piece, meta in pieces] == [
+            (" a", entries[:1]), (" b c", entries[1:])]
+        assert state.get_meta_info("x")["output_token_logprobs"] == entries
+    finally:
+        stub.stop()
+
+
 def test_concurrent_requests_are_coalesced_and_split_back_in_order(baseline, unplanned):
 
     async def batched(stub, path, body, writer):

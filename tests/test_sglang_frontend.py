@@ -31,8 +31,9 @@ from test_server import wait_idle
 
 MAX_NEW_TOKENS = 16
 NEEDS_STOP_AWARE_MASKS = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="needs stop-aware masks: after '24' the int regex forbids ' hours' (the stop ' ' would end "
-                        "the gen there), so the model writes zeros until its token budget ends")
+    strict=True, raises=AssertionError,
+    reason="needs stop-aware masks: after '24' the int regex forbids ' hours' (the stop ' ' would end the gen "
+           "there), so the model writes zeros until its token budget ends")
 
 
 def _capped(max_new_tokens: int | None, min_new_tokens: int | None) -> int:

@@ -25,7 +25,6 @@ from sglang_dsl.compiler.regex_syntax import normalize_regex
 from sglang_dsl.lang.params import DTYPE_REGEX, normalize_dtype
 
 
-
 def choices_regex(choices: Sequence[str]) -> str:
     """A regex matching exactly the given strings (duplicates ignored). Longer choices come first only for
     readability: the automaton accepts every choice whatever the order."""

@@ -4,15 +4,18 @@ SGLang deployment — over a pooled async HTTP client (`backends.http`).
 What goes over the wire:
 
 - ``gen``: ``POST /generate`` with the program's text and the sampling parameters the program set (constraints
-  included), logprob options and images; ``stream`` uses the server-sent-event form (cumulative text).
+  included), logprob options and images; ``stream`` uses the server-sent-event form (cumulative text; output
+  logprobs per chunk from our server, cumulative from SGLang's: `sglang_dsl.lang.stream_meta`).
 - ``select``: the same algorithm as the local runtime (`backends.scoring`): the choices are tokenized with
   ``POST /tokenize``, the prefix prefilled once, and every ``prefix + choice`` scored in one batch of
   ``input_ids`` requests that return prompt-token logprobs; all three choices methods work.
 - ``cache_prefix`` (fork, run_batch): a ``max_new_tokens=0`` request, as SGLang's frontend sends.
 - Chat roles render through the model's own Jinja template when the server's ``/get_model_info`` carries it
   (ours does), else through ``chat_template_name`` (`backends.chat_templates`).
-- Segments: when ``/server_info`` says ``"program_endpoint": true``, a straight-line run of text/gen/select
-  nodes is one program in a ``POST /generate_program``, coalesced with other programs' (`Backend.run_segment`).
+- Segments: when ``/server_info`` (or, on older SGLang releases, ``/get_server_info``) says
+  ``"program_endpoint": true``, a straight-line run of text/gen/select nodes is one program in a
+  ``POST /generate_program``, coalesced with other programs' (`Backend.run_segment`). A server that answers
+  neither is used through SGLang's API alone.
 
 Everything is async on the interpreter's loop: ``run_batch`` starts every program at once and the endpoint keeps
 up to ``max_concurrency`` prompts out at the server, in a few coalesced requests (`backends.native_batch`)."""
@@ -34,7 +37,12 @@ from sglang_dsl.compiler.choice_scoring import next_token_entries
 from sglang_dsl.lang import loop
 from sglang_dsl.lang.choices import ChoicesDecision
 from sglang_dsl.lang.errors import ProgramError, UnsupportedFeatureError
+from sglang_dsl.lang.stream_meta import accumulate
 
+# Where servers answer their model and server info, newest name first: SGLang releases before ``/server_info``
+# and ``/model_info`` answer only ``/get_server_info`` and ``/get_model_info`` (later ones answer both).
+MODEL_INFO_PATHS = ("/get_model_info", "/model_info")
+SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 # The choices methods a server's program endpoint runs itself.
 SERVER_SELECT_METHODS = frozenset({
     "token_length_normalized", "greedy_token_selection", "unconditional_likelihood_normalized"})
@@ -55,7 +63,8 @@ class RuntimeEndpoint(Backend):
     program requests out at once (``run_batch`` programs beyond them wait their turn);
     ``max_http_requests``: coalesced HTTP requests out at once (requests issued meanwhile join the next batch).
 
-    The constructor asks the server for its model and server info (and fails with the URL if it cannot)."""
+    The constructor asks the server for its model info (`MODEL_INFO_PATHS`; it fails with the URL if it cannot)
+    and its server info (`SERVER_INFO_PATHS`; a server that answers neither has no program endpoint)."""
 
     name = "runtime endpoint"
 
@@ -73,8 +82,8 @@ class RuntimeEndpoint(Backend):
         self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         named = named_template(chat_template_name) if chat_template_name is not None else None
         try:
-            self.model_info: dict[str, Any] = loop.run(self.http.get_json("/get_model_info"))
-            self._server_info: dict[str, Any] = loop.run(self.http.get_json("/server_info"))
+            self.model_info: dict[str, Any] = loop.run(self._info(MODEL_INFO_PATHS))
+            self._server_info: dict[str, Any] = loop.run(self._optional_info(SERVER_INFO_PATHS))
         except BaseException:
             self.http.close()
             raise
@@ -106,12 +115,13 @@ class RuntimeEndpoint(Backend):
     async def stream(self, call: GenerateCall) -> AsyncIterator[Generation]:
         self._check_open()
         payload = {**self._generate_payload(call), "stream": True}
-        finished = False
+        finished, meta = False, None
         try:
             async with self._slot():
                 async for event in self.http.stream_events("/generate", payload):
-                    finished = _checked(event)["meta_info"].get("finish_reason") is not None
-                    yield Generation(event["text"], event["meta_info"], finished)
+                    meta = accumulate(meta, _checked(event)["meta_info"])
+                    finished = meta.get("finish_reason") is not None
+                    yield Generation(event["text"], meta, finished)
         except HttpError as err:
             raise _refined(err) from err.__cause__
         if not finished:
@@ -153,7 +163,7 @@ class RuntimeEndpoint(Backend):
 
     def server_info(self) -> dict[str, Any]:
         self._check_open()
-        return loop.run(self.http.get_json("/server_info"))
+        return loop.run(self._info(SERVER_INFO_PATHS))
 
     def shutdown(self) -> None:
         """Close the connections (the server keeps running); later calls fail at once."""
@@ -179,6 +189,26 @@ class RuntimeEndpoint(Backend):
         return result["tokens"]
 
     # ---- requests ---------------------------------------------------------------------------------------
+
+    async def _info(self, paths: Sequence[str]) -> dict[str, Any]:
+        """The JSON of the first of ``paths`` the server answers; if it refuses them all, the first refusal is
+        raised (a connection that fails is raised at once)."""
+        refusals: list[HttpError] = []
+        for path in paths:
+            try:
+                return await self.http.get_json(path)
+            except HttpError as err:
+                if err.status is None:
+                    raise
+                refusals.append(err)
+        raise refusals[0]
+
+    async def _optional_info(self, paths: Sequence[str]) -> dict[str, Any]:
+        """`_info`, or ``{}`` from a server that cannot be asked (it then offers nothing beyond SGLang's API)."""
+        try:
+            return await self._info(paths)
+        except HttpError:
+            return {}
 
     def _generate_payload(self, call: GenerateCall) -> dict[str, Any]:
         return {"text": call.prompt.text, "sampling_params": call.sampling_params(), **call.logprob_options(),

@@ -4,9 +4,8 @@ frontend, same program, stub and machine, in one run. The stub answers at once, 
 frontends (interpreter, HTTP client, select scoring), not a model.
 
 ``--program-endpoint`` adds a row against a stub that also offers our ``/generate_program`` (each program is then
-one request: the fused path's client overhead). SGLang's column needs its frontend: ``pip download sglang==0.5.23 --no-deps`` and ``pip install --no-deps
---target ~/.cache/sglang-dsl/sglang-0.5.23`` the wheel plus the few modules its frontend imports (pybase64,
-IPython, aiohttp, msgspec); ``--sglang-path`` points elsewhere. Without it, the column is skipped with a message.
+one request: the fused path's client overhead). SGLang's column uses its frontend as `benchmarks.sglang_frontend`
+fetches it (into ``~/.cache/sglang-dsl/sglang-0.5.23`` on first use; ``--sglang-path`` points elsewhere).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_frontend.py [--programs 1000] [--profile]
 """
@@ -21,7 +20,7 @@ import pstats
 import statistics
 import sys
 import time
-import types
+from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
@@ -29,10 +28,8 @@ from rich.table import Table
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import sglang_frontend  # noqa: E402
 from benchmarks.native_stub import NativeStub  # noqa: E402
-
-DEFAULT_SGLANG_PATH = os.path.expanduser("~/.cache/sglang-dsl/sglang-0.5.23")
-
 
 def make_program(sgl: Any):
     """The benchmark program, written once against either frontend's module."""
@@ -45,23 +42,6 @@ def make_program(sgl: Any):
         s += "\nVerdict:" + sgl.select("verdict", ["correct", "wrong", "unsure"])
 
     return judge
-
-
-def load_sglang(path: str) -> Any | None:
-    """SGLang's frontend API (``sglang.lang.api``) from ``path``, without running ``sglang/__init__`` (which loads
-    the server's dependencies); None when it is not installed there."""
-    package = os.path.join(path, "sglang")
-    if not os.path.isdir(package):
-        return None
-    sys.path.append(path)  # after the project's own packages, so the venv's versions win
-    module = types.ModuleType("sglang")
-    module.__path__ = [package]
-    sys.modules["sglang"] = module
-    import sglang.lang.api as api
-    from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
-
-    api.RuntimeEndpoint = RuntimeEndpoint
-    return api
 
 
 def runner(frontend: Any, url: str, programs: int, warmup: int, profile: bool = False) -> Callable[[], float]:
@@ -97,7 +77,7 @@ def main() -> None:
     parser.add_argument("--programs", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3, help="alternating runs of each frontend")
-    parser.add_argument("--sglang-path", default=DEFAULT_SGLANG_PATH)
+    parser.add_argument("--sglang-path", type=Path, default=sglang_frontend.DEFAULT_PATH)
     parser.add_argument("--profile", action="store_true", help="cProfile sglang-dsl's runs")
     parser.add_argument("--program-endpoint", action="store_true",
                         help="also run against a stub that offers our /generate_program (one request a program)")
@@ -111,12 +91,8 @@ def main() -> None:
         if args.program_endpoint:
             runners["sglang-dsl, stub offers /generate_program"] = runner(sglang_dsl, program_url, args.programs,
                                                                          args.warmup, args.profile)
-        api = load_sglang(args.sglang_path)
-        if api is None:
-            console.print(f"[yellow]SGLang's frontend is not installed at {args.sglang_path}: its column is "
-                          "skipped (see this script's docstring)")
-        else:
-            runners["SGLang 0.5.23 RuntimeEndpoint"] = runner(api, url, args.programs, args.warmup)
+        api = sglang_frontend.load(sglang_frontend.fetch(args.sglang_path))
+        runners["SGLang 0.5.23 RuntimeEndpoint"] = runner(api, url, args.programs, args.warmup)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(args.repeat):
             for name, once in runners.items():
@@ -124,9 +100,9 @@ def main() -> None:
     table = Table(title=f"run_batch of {args.programs} programs (gen, gen, select) against an instant stub")
     for column in ("frontend", "best s", "median s", "programs/s (best)", "vs SGLang (best)"):
         table.add_column(column, justify="right" if column != "frontend" else "left")
-    baseline = min(times["SGLang 0.5.23 RuntimeEndpoint"]) if api is not None else None
+    baseline = min(times["SGLang 0.5.23 RuntimeEndpoint"])
     for name, runs in times.items():
-        ratio = f"{baseline / min(runs):.2f}x" if baseline else "-"
+        ratio = f"{baseline / min(runs):.2f}x"
         table.add_row(name, f"{min(runs):.2f}", f"{statistics.median(runs):.2f}",
                       f"{args.programs / min(runs):.0f}", ratio)
     console.print(table)

@@ -36,7 +36,7 @@ def forked(s):
 
 @sgl.function
 def constrained(s):
-    s += "n=" + sgl.gen("a", dtype=int) + " m=" + sgl.gen("b", regex=r"[-+]?[0-9]+")
+    s += "n=" + sgl.gen("a", dtype=int) + " m=" + sgl.gen("b", regex=r"[-+]?[0-9]+[ \n]*")  # SGLang's REGEX_INT
     s += " k=" + sgl.gen("c", regex="[a-z]")
 
 

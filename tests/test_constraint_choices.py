@@ -44,10 +44,11 @@ def test_sampled_choices_are_choices(smollm2_vocab):
     assert len(seen) >= 4
 
 
-@pytest.mark.parametrize("dtype, parse, good, bad", [
-    (int, int, ["0", "-12", "+7", "0042"], ["", "1.5", "-", "1e3"]),
-    ("float", float, ["0", "-1.5", "3.", ".5", "+2e-3", "1E10"], ["", ".", "1.2.3", "e5", "inf"]),
-    (str, json.loads, ['""', '"hi \\"there\\""', '"tab\\t"'], ['"unterminated', "'single'", '"a"b"']),
+@pytest.mark.parametrize("dtype, parse, good, bad", [  # SGLang's regexes (int and float may end in spaces)
+    (int, int, ["0", "-12", "+7", "0042", "24 ", "7 \n"], ["", "1.5", "-", "1e3", " 1"]),
+    ("float", float, ["0", "-1.5", ".5", "3.14\n"], ["", ".", "3.", "1.2.3", "e5", "inf", "1E10"]),
+    (str, lambda text: text[1:-1], ['""', '"hi there"', '"tab\tand 2"'], ['"unterminated', "'single'", '"a"b"',
+                                                                        '"a,b"']),
     (bool, {"True": True, "False": False}.__getitem__, ["True", "False"], ["true", "1", "TrueFalse"]),
 ])
 def test_dtype_regexes_parse(dtype, parse, good, bad, smollm2_vocab):

@@ -23,12 +23,15 @@ Handler = Callable[["Stub", str, dict], Awaitable[None]]
 
 class Stub:
     """A raw HTTP/1.1 server on a loopback port in its own thread; ``handler(stub, path, body)`` answers each
-    request by calling `respond`, `stream` or `hang` (or by closing the connection). ``requests`` logs them."""
+    request by calling `respond`, `stream` or `hang` (or by closing the connection), except those for the
+    ``info_paths``, answered with ``model_info`` or ``server_info``. ``requests`` logs them."""
 
-    def __init__(self, handler: Handler, server_info: dict | None = None, model_info: dict | None = None):
+    def __init__(self, handler: Handler, server_info: dict | None = None, model_info: dict | None = None,
+                 info_paths: tuple[str, ...] = ("/get_model_info", "/server_info")):
         self.handler = handler
         self.server_info = server_info or {}
         self.model_info = model_info or {"model_path": "stub"}
+        self.info_paths = info_paths
         self.requests: list[tuple[str, Any]] = []
         self.connections: set[asyncio.StreamWriter] = set()
         self.loop = asyncio.new_event_loop()
@@ -48,7 +51,7 @@ class Stub:
                 path = head[0].split(" ")[1]
                 body = json.loads(raw) if raw else {}
                 self.requests.append((path, body))
-                if path in ("/get_model_info", "/server_info"):
+                if path in self.info_paths:
                     await self.respond(writer, 200, self.model_info if "model" in path else self.server_info)
                 else:
                     await self.handler(self, path, body, writer)
@@ -259,6 +262,75 @@ def test_the_constructor_names_the_url_it_could_not_reach():
 
 
 # ------------------------------------------------------------------------------ coalescing
+
+async def generate_only(stub: Stub, path: str, body: dict, writer) -> None:
+    """SGLang's ``/generate`` (one answer) and a 404 for every other route."""
+    if path == "/generate":
+        await stub.respond(writer, 200, answer())
+    else:
+        await stub.respond(writer, 404, {"detail": "Not Found"})
+
+
+@pytest.mark.parametrize("info_paths", [("/get_model_info", "/get_server_info"), ("/model_info", "/server_info")],
+                         ids=["older-sglang", "newest-names-only"])
+def test_model_and_server_info_are_asked_where_the_server_answers_them(baseline, info_paths):
+    stub = Stub(generate_only, server_info={"program_endpoint": True, "version": "old"}, info_paths=info_paths)
+    try:
+        with _endpoint(stub) as endpoint:
+            assert endpoint.capabilities.segments and endpoint.server_info()["version"] == "old"
+            assert one_gen.run(backend=endpoint)["x"] == " ok"
+        asked = [path for path, _ in stub.requests if path != "/generate"]
+        assert set(info_paths) <= set(asked) and len(asked) <= 5  # each name tried once, at most
+    finally:
+        stub.stop()
+
+
+def test_a_server_without_server_info_is_used_through_sglangs_api_alone(baseline):
+    stub = Stub(generate_only, info_paths=("/get_model_info",))
+    try:
+        with _endpoint(stub) as endpoint:
+            assert not endpoint.capabilities.segments
+            assert one_gen.run(backend=endpoint)["x"] == " ok"
+            with pytest.raises(HttpError, match="/server_info answered 404"):
+                endpoint.server_info()
+    finally:
+        stub.stop()
+
+
+@pytest.mark.parametrize("cumulative", [False, True], ids=["per-chunk (ours)", "cumulative (SGLang's default)"])
+def test_streamed_logprobs_add_up_whether_a_server_sends_them_per_chunk_or_cumulative(baseline, cumulative):
+    """Three tokens " a", " b" (held back: no text), " c": the pieces carry each token's entry once, and the
+    variable's meta all three, from a server of either kind."""
+    entries = [[-0.5, 1, " a"], [-0.6, 2, " b"], [-0.7, 3, " c"]]
+    texts = [" a", " a", " a b c"]
+
+    async def frames(stub, path, body, writer):
+        payload = b""
+        for n, text in enumerate(texts, 1):
+            meta = {"finish_reason": {"type": "length", "length": 3} if n == 3 else None, "completion_tokens": n,
+                    "output_token_logprobs": entries[: n] if cumulative else entries[n - 1: n],
+                    "output_token_logprobs_length": n}
+            payload += b"data: %s\n\n" % json.dumps({"text": text, "meta_info": meta}).encode()
+        await stub.respond(writer, 200, payload + b"data: [DONE]\n\n")
+
+    @sgl.function
+    def scored(s):
+        s += "Hello" + sgl.gen("x", max_tokens=3, return_logprob=True)
+
+    async def consume(endpoint):
+        state = scored.run(backend=endpoint, stream=True)
+        return state, [item async for item in state.text_async_iter("x", return_meta_data=True)]
+
+    stub = Stub(frames)
+    try:
+        with _endpoint(stub) as endpoint:
+            state, pieces = asyncio.run(consume(endpoint))
+        assert [(piece, meta["output_token_logprobs"]) for piece, meta in pieces] == [
+            (" a", entries[:1]), (" b c", entries[1:])]
+        assert state.get_meta_info("x")["output_token_logprobs"] == entries
+    finally:
+        stub.stop()
+
 
 def test_concurrent_requests_are_coalesced_and_split_back_in_order(baseline, unplanned):
 

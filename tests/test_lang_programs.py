@@ -361,13 +361,42 @@ def test_stream_logprobs(runtime):
 
     async def consume():
         ret = qa.run(question="What is the capital of France?", stream=True, temperature=0, max_new_tokens=12)
-        return [item async for item in ret.text_async_iter("answer", return_meta_data=True)]
+        return ret, [item async for item in ret.text_async_iter("answer", return_meta_data=True)]
 
-    chunks = asyncio.run(consume())
+    ret, chunks = asyncio.run(consume())
     assert chunks and all(chunk for chunk, _ in chunks)
-    previous = 0
+    previous, entries = 0, []
     for _, meta in chunks:
         assert meta["completion_tokens"] == meta["output_token_logprobs_length"]
+        assert len(meta["output_token_logprobs"]) == meta["completion_tokens"] - previous
+        previous = meta["completion_tokens"]
+        entries += meta["output_token_logprobs"]
+    whole = ret.get_meta_info("answer")  # after the stream: every entry, once
+    assert whole["output_token_logprobs"][: len(entries)] == entries
+    assert len(whole["output_token_logprobs"]) == whole["output_token_logprobs_length"]
+
+
+def test_streamed_logprobs_of_held_back_text_come_with_the_next_piece(runtime):
+    check_held_back_logprobs(sgl)
+
+
+def check_held_back_logprobs(frontend) -> None:
+    """On ``frontend`` (``sglang_dsl`` or SGLang's ``sglang``), with its default backend: Japanese characters span
+    several tokens, so some streamed steps add no text; the next piece carries their logprob entries."""
+    @frontend.function
+    def greet(s):
+        s += frontend.user("Write 'good morning' in Japanese and Chinese.")
+        s += frontend.assistant(frontend.gen("answer", return_logprob=True, max_tokens=24, temperature=0))
+
+    async def consume():
+        ret = greet.run(stream=True)
+        return ret, [item async for item in ret.text_async_iter("answer", return_meta_data=True)]
+
+    ret, chunks = asyncio.run(consume())
+    assert "".join(piece for piece, _ in chunks) == ret["answer"]
+    assert any(len(meta["output_token_logprobs"]) > 1 for _, meta in chunks)
+    previous = 0
+    for _, meta in chunks:
         assert len(meta["output_token_logprobs"]) == meta["completion_tokens"] - previous
         previous = meta["completion_tokens"]
 

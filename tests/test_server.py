@@ -262,6 +262,30 @@ def test_streamed_text_never_takes_back_a_partial_stop_string(http, oai, model_n
     assert "".join(c.choices[0].text for c in streamed) == words[0] + " "
 
 
+def test_each_streamed_chunk_carries_the_logprobs_of_the_tokens_it_adds(http):
+    words = http.post("/generate", json={"text": "w1 w2 w3", "sampling_params": GREEDY}).json()["text"].split()
+    stop = f"{words[2]} {words[3][:2]}"  # the text is held back while the output could be the stop's start
+    body = {"text": "w1 w2 w3", "sampling_params": {**GREEDY, "stop": stop}, "return_logprob": True,
+            "top_logprobs_num": 2, "token_ids_logprob": [7, 9], "return_text_in_logprobs": True}
+    with http.stream("POST", "/generate", json={**body, "stream": True}) as r:
+        chunks = sse(r)[:-1]
+    per_chunk = {key: [] for key in ("output_token_logprobs", "output_top_logprobs", "output_token_ids_logprobs")}
+    previous = 0
+    for chunk in chunks:
+        meta = chunk["meta_info"]
+        assert meta["output_token_logprobs_length"] == meta["completion_tokens"] == len(chunk["output_ids"])
+        assert [e[1] for e in meta["output_token_logprobs"]] == chunk["output_ids"][previous:]
+        for key, entries in per_chunk.items():
+            assert len(meta[key]) == meta["completion_tokens"] - previous, key
+            entries.extend(meta[key])
+        previous = meta["completion_tokens"]
+    held = [b for a, b in zip(chunks, chunks[1:]) if a["text"] == b["text"]]
+    assert held and all(b["meta_info"]["output_token_logprobs"] for b in held)  # held-back text, entries sent
+    plain = http.post("/generate", json=body).json()["meta_info"]
+    assert per_chunk == {key: plain[key] for key in per_chunk}
+    assert chunks[-1]["meta_info"]["input_token_logprobs"] == plain["input_token_logprobs"] == []
+
+
 def test_batch_streams_carry_their_index(http):
     body = {"text": ["w1 w2", "w3 w4 w5"], "sampling_params": [{**GREEDY, "max_new_tokens": 3},
                                                               {**GREEDY, "max_new_tokens": 5}], "stream": True}
@@ -271,6 +295,11 @@ def test_batch_streams_carry_their_index(http):
     finals = {c["index"]: c for c in events[:-1] if c["meta_info"]["finish_reason"] is not None}
     assert sorted(finals) == [0, 1]
     assert finals[0]["meta_info"]["completion_tokens"] == 3 and finals[1]["meta_info"]["completion_tokens"] == 5
+    with http.stream("POST", "/generate", json={**body, "return_logprob": True}) as r:
+        chunks = sse(r)[:-1]
+    for index in (0, 1):  # each prompt's chunks carry that prompt's new entries
+        logprobs = [e for c in chunks if c["index"] == index for e in c["meta_info"]["output_token_logprobs"]]
+        assert [e[1] for e in logprobs] == finals[index]["output_ids"]
 
 
 def test_info_health_and_flush_routes(http, engine):

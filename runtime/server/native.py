@@ -1,5 +1,7 @@
 """SGLang's native HTTP API, as its frontend's ``RuntimeEndpoint`` uses it: ``/generate`` (single or batch, plain
 or streamed), model and server info, tokenization, cache flush, health checks, abort, and ``/metrics``.
+A streamed ``/generate`` sends cumulative text and counts, and in each frame only the output logprobs of the
+tokens it adds (`sglang_dsl.lang.stream_meta`).
 
 Our extension: ``POST /generate_program`` runs a program request (`runtime.program`: text, gen and select steps
 as one request, so a remote interpreter saves a round trip per node); ``/get_server_info`` says
@@ -32,6 +34,7 @@ from runtime.server.errors import APIError, as_api_error
 from runtime.server.schemas import AbortBody, GenerateBody, ProgramBody, TokenizeBody, parse_body
 from runtime.server.sse import DONE, EventStream, event
 from runtime.server.state import ServerState, server_state
+from sglang_dsl.lang.stream_meta import chunk_meta
 
 HEALTH_GENERATE_TIMEOUT_S = 30.0
 
@@ -153,10 +156,15 @@ def _result(out: GenerateOutput, request: GenerateRequest, received: float, inde
 
 
 async def _stream_frames(state: ServerState, requests: list[GenerateRequest], batch: bool, received: float):
+    """The frames of a streamed ``/generate``: each request's cumulative text and counts, and only the output
+    logprob entries of the tokens the frame adds (`sglang_dsl.lang.stream_meta`)."""
+    sent: list[dict[str, int]] = [{} for _ in requests]  # per request: output logprob entries already sent, by key
     try:
         async with aclosing(stream_all(state.engine, requests)) as outputs:
             async for index, out in outputs:
-                yield event(_result(out, requests[index], received, index if batch else None, streaming=True))
+                result = _result(out, requests[index], received, index if batch else None, streaming=True)
+                result["meta_info"] = chunk_meta(result["meta_info"], sent[index])
+                yield event(result)
     except Exception as err:  # noqa: BLE001 - reported in-stream; headers are already sent
         error = as_api_error(err)
         yield event({"error": {"message": error.message, "type": error.type, "code": error.status,

@@ -1,12 +1,15 @@
-"""``gen(choices=...)`` and ``gen(dtype=...)`` as constraints: the regex the language sends as the ``regex``
+r"""``gen(choices=...)`` and ``gen(dtype=...)`` as constraints: the regex the language sends as the ``regex``
 sampling parameter.
 
-    choices_regex(["yes", "no", "n/a"])   -> (yes|no|n/a)        the output is exactly one of the choices
-    dtype_regex(int)                      -> [-+]?[0-9]+         int(output) works
-    dtype_regex(float)                    -> ...                 float(output) works
-    dtype_regex(str)                      -> a JSON string       json.loads(output) is a str
+    choices_regex(["yes", "no", "n/a"])   -> (yes|no|n/a)              the output is exactly one of the choices
+    dtype_regex(int)                      -> [-+]?[0-9]+[ \n]*         int(output) works
+    dtype_regex(float)                    -> [-+]?[0-9]*\.?[0-9]+[ \n]* float(output) works
+    dtype_regex(str)                      -> \"[\w\d\s]*\"              a double-quoted string
     dtype_regex(bool)                     -> (True|False)
     gen_constraint(choices=..., dtype=..., regex=..., json_schema=...) -> {"regex": ...} or {"json_schema": ...}
+
+The dtype regexes are SGLang's (`sglang_dsl.lang.params.DTYPE_REGEX`, where the stop strings sent with int and
+float are too), so a typed gen constrains the same way whichever path runs it.
 
 Every regex returned here is checked (`normalize_regex`), so a mistake surfaces where the program wrote it.
 """
@@ -18,16 +21,8 @@ from typing import Any, Sequence
 
 from sglang_dsl.compiler.errors import ConstraintError
 from sglang_dsl.compiler.json_schema import schema_to_json_text
-from sglang_dsl.compiler.json_strings import STRING
 from sglang_dsl.compiler.regex_syntax import normalize_regex
-
-DTYPE_REGEXES = {
-    "int": r"[-+]?[0-9]+",
-    "float": r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?",
-    "str": STRING,
-    "bool": r"(True|False)",
-}
-_DTYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
+from sglang_dsl.lang.params import DTYPE_REGEX, normalize_dtype
 
 
 def choices_regex(choices: Sequence[str]) -> str:
@@ -45,11 +40,11 @@ def choices_regex(choices: Sequence[str]) -> str:
 
 
 def dtype_regex(dtype: type | str) -> str:
-    """The regex of ``int``, ``float``, ``str`` or ``bool`` (the type or its name)."""
-    name = _DTYPE_NAMES.get(dtype, dtype) if not isinstance(dtype, str) else dtype
-    if name not in DTYPE_REGEXES:
-        raise ConstraintError(f"dtype must be one of int, float, str, bool, got {dtype!r}")
-    return DTYPE_REGEXES[name]
+    """SGLang's regex of ``int``, ``float``, ``str`` or ``bool`` (the type or its name)."""
+    try:
+        return DTYPE_REGEX[normalize_dtype(dtype)][0]
+    except ValueError as err:
+        raise ConstraintError(str(err)) from None
 
 
 def gen_constraint(*, choices: Sequence[str] | None = None, dtype: type | str | None = None,

@@ -1,8 +1,9 @@
 """The constraint pass: every ``gen``'s constraint compiled ahead of time, once per distinct constraint.
 
-`constraint_specs` lists the distinct constraints of a graph as the runtime will see them (``dtype`` becomes its
-regex). `plan_constraints` compiles them with a `ConstraintCompiler` (which caches in memory and on disk) and
-records each automaton's size and how long compiling took; without a compiler it only lists them. At run time
+`constraint_specs` lists the distinct constraints of a graph as the runtime will see them (``dtype`` becomes
+SGLang's regex of it, the one every request of a typed gen carries). `plan_constraints` compiles them with a
+`ConstraintCompiler` (which caches in memory and on disk) and records each automaton's size and how long
+compiling took; without a compiler it only lists them. At run time
 the interpreter hands the specs to `Backend.prepare_constraints` before the first request, so compiling
 overlaps with prefill (the local runtime compiles on its constraint worker; a request finds its matcher ready).
 """

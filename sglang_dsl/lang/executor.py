@@ -33,6 +33,7 @@ from sglang_dsl.lang.exprs import (
 )
 from sglang_dsl.lang.params import SamplingParams
 from sglang_dsl.lang.roles import turn_closing, turn_opening
+from sglang_dsl.lang.stream_meta import chunk_meta
 
 if TYPE_CHECKING:
     from backends.base import Backend
@@ -390,13 +391,13 @@ class Executor:
         if leaf.name is not None:
             with self.changed:
                 self.streams[leaf.name] = chunks
-        sent, logprobs_sent, last = "", 0, None
+        sent, logprobs_sent, last = "", {}, None
         async for out in self.backend.stream(call):
             last = out
             piece = out.text[len(sent):]
             if not piece:
                 continue  # an empty step: its logprobs go with the next piece
-            meta, logprobs_sent = _chunk_meta(out.meta_info, logprobs_sent)
+            meta = chunk_meta(out.meta_info, logprobs_sent)
             sent = out.text
             with self.changed:
                 self.text += piece
@@ -486,13 +487,3 @@ def _text_content(content: Any) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
-
-
-def _chunk_meta(meta: Any, logprobs_sent: int) -> tuple[dict, int]:
-    """The meta of one streamed piece: cumulative counts, but only the output logprobs new since the last piece
-    (those of held-back empty steps included); and how many output logprobs have now been handed out."""
-    out = dict(meta)
-    for key in ("output_token_logprobs", "output_top_logprobs"):
-        if out.get(key) is not None:
-            out[key] = list(out[key][logprobs_sent:])
-    return out, len(meta.get("output_token_logprobs") or ()) or logprobs_sent

@@ -363,7 +363,8 @@ class Scheduler(ProgramSteps):
                 self.metrics.constraint_masks(time.perf_counter() - started)
         tokens = sample(masked, batch, [r.output_ids for r in reqs], [r.input_ids for r in reqs],
                         self.eos_token_ids).tolist()
-        want = [i for i, r in enumerate(reqs) if r.request.logprobs.return_logprob]
+        # a token that ends its request by id (EOS, stop_token_ids) is not output: no logprob entry either
+        want = [i for i, r in enumerate(reqs) if r.request.logprobs.return_logprob and not self._ends_by_id(r, tokens[i])]
         if want:
             top_k = max(reqs[i].request.logprobs.top_logprobs_num for i in want)
             idx = torch.tensor(want)
@@ -384,7 +385,7 @@ class Scheduler(ProgramSteps):
                 self.metrics.inter_token(now - req.last_token_time)
         req.first_token_time = req.first_token_time or now
         req.last_token_time = now
-        if token in sampling.stop_token_ids or (token in self.eos_token_ids and not sampling.ignore_eos):
+        if self._ends_by_id(req, token):
             return self._finish_running(req, FinishReason("stop", matched=token))
         tokens = [token] if req.constraint is None else self._constrained_tokens(req, token)
         if tokens is None:
@@ -412,6 +413,10 @@ class Scheduler(ProgramSteps):
                 self._extend_forced(req)
         if req.request.stream:
             req.emit()
+
+    def _ends_by_id(self, req: Req, token: int) -> bool:
+        sampling = req.request.sampling
+        return token in sampling.stop_token_ids or (token in self.eos_token_ids and not sampling.ignore_eos)
 
     @staticmethod
     def _out_of_tokens(req: Req) -> FinishReason:

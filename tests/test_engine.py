@@ -166,6 +166,9 @@ def test_stop_token_ids_and_min_new_tokens(engine):
     first = full.index(stop_token)
     cut = engine.generate(input_ids=prompt, sampling_params={**GREEDY, "stop_token_ids": [stop_token]})
     assert cut.output_ids == full[:first] and cut.finish.matched == stop_token
+    scored = engine.generate(input_ids=prompt, sampling_params={**GREEDY, "stop_token_ids": [stop_token]},
+                             return_logprob=True)
+    assert len(scored.output_token_logprobs) == scored.completion_tokens == first  # the stop token is no output
     longer = engine.generate(input_ids=prompt, sampling_params={**GREEDY, "stop_token_ids": [stop_token],
                                                                 "min_new_tokens": first + 2})
     assert len(longer.output_ids) >= first + 2

@@ -32,8 +32,16 @@ from test_server import wait_idle
 MAX_NEW_TOKENS = 16
 
 
+MIN_TOKENS_HEADROOM = 16  # SGLang's min_tokens test re-encodes the text, which can merge two generated tokens
+
+
 def _capped(max_new_tokens: int | None, min_new_tokens: int | None) -> int:
-    return max(min(max_new_tokens or MAX_NEW_TOKENS, MAX_NEW_TOKENS), min_new_tokens or 0)
+    """``max_new_tokens`` capped at `MAX_NEW_TOKENS`, but past ``min_new_tokens`` (with some headroom, not beyond
+    the program's own maximum)."""
+    capped = min(max_new_tokens or MAX_NEW_TOKENS, MAX_NEW_TOKENS)
+    if not min_new_tokens:
+        return capped
+    return max(capped, min(min_new_tokens + MIN_TOKENS_HEADROOM, max_new_tokens or min_new_tokens))
 
 
 def capped_sglang_endpoint(sglang: types.ModuleType) -> type:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sglang_dsl.compiler.automaton import regex_to_dfa
 from sglang_dsl.compiler.errors import SchemaError
 from sglang_dsl.compiler.json_strings import FORMATS as FORMAT_REGEXES
-from sglang_dsl.compiler.json_schema import json_schema_to_regex
+from sglang_dsl.compiler.json_schema import compile_schema, json_schema_to_regex
 from sglang_dsl.compiler.numeric_ranges import decimal_range_regex, integer_range_regex
 from sglang_dsl.compiler.token_index import TokenIndex
 from test_constraint_regex import decoded, sample_under_mask, smollm2_tokenizer, smollm2_vocab  # noqa: F401
@@ -105,7 +105,7 @@ _DFAS = {}
 
 def dfa_of(name):
     if name not in _DFAS:
-        _DFAS[name] = regex_to_dfa(json_schema_to_regex(SCHEMAS[name]))
+        _DFAS[name] = compile_schema(SCHEMAS[name])
     return _DFAS[name]
 
 
@@ -246,9 +246,9 @@ def test_examples(name, text, ok):
 
 def test_whitespace_and_separators_are_configurable():
     schema = SCHEMAS["flat"]
-    spaced = regex_to_dfa(json_schema_to_regex(schema, separators=(", ", ": ")))
+    spaced = compile_schema(schema, separators=(", ", ": "))
     assert spaced.matches('{"name": "Al", "age": 3}') and not spaced.matches('{"name":"Al","age":3}')
-    loose = regex_to_dfa(json_schema_to_regex(schema, whitespace=r"[ \n]{1,2}"))
+    loose = compile_schema(schema, whitespace=r"[ \n]{1,2}")
     assert loose.matches('{\n "name" : "Al",\n "age": 3 }') and loose.matches('{"name":"Al","age":3}')
 
 
@@ -279,7 +279,7 @@ class Person(pydantic.BaseModel):
 
 
 def test_pydantic_models_compile_and_sampled_outputs_parse(smollm2_vocab):
-    index = TokenIndex.build(regex_to_dfa(json_schema_to_regex(Person)), smollm2_vocab)
+    index = TokenIndex.build(compile_schema(Person), smollm2_vocab)
     rng = random.Random(3)
     parsed = 0
     for _ in range(20):

@@ -218,6 +218,11 @@ class _CharDFA:
     def from_tree(cls, tree, pattern: str) -> "_CharDFA":
         g = _Glushkov(pattern)
         nullable, first, last = g.build(tree, ip.REFlags(0))
+        return cls.from_positions(g, nullable, first, last)
+
+    @classmethod
+    def from_positions(cls, g: _Glushkov, nullable: bool, first: set[int], last: set[int]) -> "_CharDFA":
+        """Determinize the position automaton ``g`` (with the whole pattern's nullable/first/last) and prune."""
         partition, masks = _classes(g.sets)
         num_classes = partition.num_classes
         bits = {m: _bits(m) for m in set(masks)}

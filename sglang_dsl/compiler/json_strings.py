@@ -1,5 +1,10 @@
-"""JSON strings as regexes over their JSON text: free strings with length bounds, ``format``s, and ``pattern``s
-rewritten to read escaped text (for `json_schema.py` and the ``str`` dtype)."""
+"""JSON strings as languages of their JSON text (`schema_ir` trees): free strings with length bounds, ``format``s
+and ``pattern``s (searched, as JSON Schema reads them, and rewritten to read escaped text), intersected when a
+schema has several (for `json_schema.py` and the ``str`` dtype).
+
+Strings are written in one canonical way: no ``\\u`` escapes and no ``\\/`` (what ``json.dumps(...,
+ensure_ascii=False)`` writes, control characters aside), so each string has exactly one text and a difference
+of string languages (``not``, keys outside ``patternProperties``) is exact."""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import re
 
 from sglang_dsl.compiler.errors import RegexError, SchemaError
 from sglang_dsl.compiler.regex_syntax import normalize_regex
+from sglang_dsl.compiler.schema_ir import Meet, Minus, Node, Re, Rep, alt, is_empty, lit, seq
 
-STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\/bfnrt])'
+STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\bfnrt])'
 STRING = f'"{STRING_CHAR}*"'
+ANY_CONTENT = Rep(Re(STRING_CHAR), 0, None)
 
 _DAY_OF_MONTH = r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
 _DATE = r"[0-9]{4}-" + _DAY_OF_MONTH
@@ -26,44 +33,89 @@ FORMATS = {
     "ipv4": r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
     "hostname": _LABEL + r"(\." + _LABEL + r")*",
 }
-# shortest and longest match of each format (None: unbounded)
-_FORMAT_LENGTHS = {"date": (10, 10), "time": (9, 21), "date-time": (20, 32), "uuid": (36, 36), "ipv4": (7, 15),
-                   "email": (6, None), "uri": (7, None), "hostname": (1, None)}
-UNBOUNDED_FORMAT_MAX_LENGTH = 1000  # a maxLength at least this long is not enforced on an unbounded format
+STRING_KEYWORDS = ("minLength", "maxLength", "pattern", "format", "\0patterns", "\0not")
 
 
-def string_regex(schema: dict, path: str) -> str:
-    """The regex of a JSON string under a ``type: string`` schema at JSON path ``path``: ``minLength``/
-    ``maxLength``, ``format`` or ``pattern``. Raises `SchemaError` naming the keyword's path."""
+def string_node(schema: dict, path: str) -> Node:
+    """The language of a JSON string (quotes included) under the string keywords of ``schema`` at JSON path
+    ``path``: ``minLength``/``maxLength`` (in characters), a known ``format`` (others are annotations, ignored),
+    ``pattern`` (found anywhere in the string unless anchored), more patterns from ``allOf`` (``\\0patterns``)
+    and excluded patterns from ``not`` (``\\0not``). Raises `SchemaError` naming the keyword's path."""
+    return seq(lit('"'), content_node(schema, path), lit('"'))
+
+
+def content_node(schema: dict, path: str) -> Node:
+    """`string_node` without the quotes."""
     lo, hi = schema.get("minLength", 0), schema.get("maxLength")
     for key, value in (("minLength", lo), ("maxLength", hi)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise SchemaError(f"{path}/{key}", f"must be a non-negative integer, got {value!r}")
     if hi is not None and hi < lo:
         raise SchemaError(path, f"maxLength {hi} is below minLength {lo}")
-    fmt, pattern = schema.get("format"), schema.get("pattern")
-    if fmt is not None and pattern is not None:
-        raise SchemaError(path, "format and pattern together are not supported")
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise SchemaError(f"{path}/format", f"format {fmt!r} is not supported (supported: "
-                                                f"{', '.join(FORMATS)})")
-        shortest, longest = _FORMAT_LENGTHS[fmt]
-        if lo > shortest:
-            raise SchemaError(f"{path}/minLength", f"minLength {lo} with format {fmt!r} is not supported")
-        limit = UNBOUNDED_FORMAT_MAX_LENGTH if longest is None else longest
-        if hi is not None and hi < limit:
-            raise SchemaError(f"{path}/maxLength", f"maxLength {hi} with format {fmt!r} is not supported")
-        return f'"{FORMATS[fmt]}"'
-    if pattern is not None:
-        if lo or hi is not None:
-            raise SchemaError(path, "pattern together with minLength/maxLength is not supported")
-        return '"' + json_string_regex(pattern, f"{path}/pattern") + '"'
-    if hi is None:
-        count = "*" if lo == 0 else ("+" if lo == 1 else f"{{{lo},}}")
-    else:
-        count = f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}"
-    return f'"{STRING_CHAR}{count}"'
+    parts: list[Node] = []
+    fmt = schema.get("format")
+    if isinstance(fmt, str) and fmt in FORMATS:
+        parts.append(Re(FORMATS[fmt]))
+    patterns = [(schema["pattern"], f"{path}/pattern")] if "pattern" in schema else []
+    patterns += [(p, f"{path}/allOf") for p in schema.get("\0patterns", ())]
+    parts += [pattern_node(p, where) for p, where in patterns]
+    if lo or hi is not None or not parts:
+        parts.append(Rep(Re(STRING_CHAR), lo, hi))
+    node = parts[0] if len(parts) == 1 else Meet(tuple(parts))
+    excluded = [pattern_node(p, f"{path}/not/pattern", exact=True) for p in schema.get("\0not", ())]
+    if excluded:
+        node = Minus(node, alt(*excluded))
+    if len(parts) > 1 or excluded:
+        if is_empty(node):
+            raise SchemaError(path, "no string satisfies these keywords together")
+    return node
+
+
+def pattern_node(pattern, path: str, exact: bool = False) -> Node:
+    """The JSON texts (between the quotes) of strings in which ``pattern`` is found: a branch anchored with
+    ``^`` / ``$`` matches from the start / to the end, otherwise anything may come before / after. ``exact``:
+    refuse patterns whose rewriting only approximates them from inside (character classes such as ``\\d`` or
+    ``.`` that Python reads more widely than the rewriting), as a pattern to exclude must be exact."""
+    if not isinstance(pattern, str):
+        raise SchemaError(path, f"must be a regex string, got {pattern!r}")
+    if exact and re.search(r"\\[dDwWsSbB]|\.|\[\^|\(\?", pattern):
+        raise SchemaError(path, "this pattern cannot be excluded exactly (it uses ., \\d, \\w, \\s or a negated "
+                                "set); not with a pattern is supported for plain patterns only")
+    branches = []
+    for branch in _top_level_branches(pattern):
+        start = branch.startswith("^")
+        end = branch.endswith("$") and not branch.endswith("\\$")
+        body = branch[1 if start else 0: len(branch) - 1 if end else len(branch)]
+        inner = Re(json_string_regex(body, path)) if body else None
+        tail = [ANY_CONTENT] if not end else ([Rep(lit("\\n"), 0, 1)] if exact else [])  # Python's $ allows a final \n
+        branches.append(seq(*([] if start else [ANY_CONTENT]), *([inner] if inner else []), *tail))
+    return alt(*branches)
+
+
+def _top_level_branches(pattern: str) -> list[str]:
+    out, depth, i, begin = [], 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i += 1
+            if i < len(pattern) and pattern[i] == "^":
+                i += 1
+            if i < len(pattern) and pattern[i] == "]":
+                i += 1
+            while i < len(pattern) and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            out.append(pattern[begin:i])
+            begin = i + 1
+        i += 1
+    return out + [pattern[begin:]]
 
 
 # ---- a string pattern, over JSON-escaped text -----------------------------------------------------------------

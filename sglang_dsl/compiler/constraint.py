@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 COMPILER_VERSION = "2"  # bump when compiled artifacts change meaning (invalidates the disk cache)
 KINDS = ("regex", "json_schema", "ebnf")
 LAZY_ABOVE = 4000 * 50_000  # states x vocabulary size beyond which mask rows are computed on first use
+SCHEMA_EAGER_STATES = 256  # a JSON schema's DFA with more states computes its mask rows on first use
 MEMORY_BYTES = 1 << 30  # compiled matchers kept in memory (approximately, by their mask tables)
 
 
@@ -133,9 +134,12 @@ def compile_constraint(spec: ConstraintSpec, vocab: Vocabulary) -> Matcher:
 
             return started_matcher(compiled, vocab)
         dfa = compiled
+        # schema automata are large and decoding visits few of their states: rows on first use, as a grammar's
+        lazy = dfa.num_states > SCHEMA_EAGER_STATES
     else:
         dfa = regex_to_dfa(spec.source)
-    lazy = dfa.num_states * vocab.size > LAZY_ABOVE  # huge automata: rows on first use instead of up front
+        lazy = False
+    lazy = lazy or dfa.num_states * vocab.size > LAZY_ABOVE  # huge automata: rows on first use, not up front
     return RegexMatcher(TokenIndex.build(dfa, vocab, lazy=lazy))
 
 

@@ -111,19 +111,27 @@ class _Converter:
         self.open_arr, self.close_arr = Re(r"\[" + ws), Re(ws + r"\]")
         self.separators = separators
         self.expanding: list[str] = []
-        self.recursive: dict[str, str] = {}  # $ref -> rule name
+        self.recursive: set[str] = set()  # $refs that recurse
+        self.rules: dict[tuple[str, str], str] = {}  # (recursive $ref, its sibling keywords as JSON) -> rule name
 
     def language(self) -> SchemaLanguage:
+        """Convert the root; a reference found to recurse becomes a rule (one per set of sibling keywords it is
+        used with) and the conversion starts over."""
         while True:
             try:
                 start = self.convert(self.root, "#")
-                rules = {}
-                for ref, name in self.recursive.items():
-                    self.expanding = [ref]
-                    rules[name] = self.convert(self.resolve(ref, "#"), ref)
+                rules: dict[str, Node] = {}
+                while len(rules) < len(self.rules):
+                    for (ref, rest), name in list(self.rules.items()):
+                        if name not in rules:
+                            self.expanding = [ref]
+                            target = self.resolve(ref, "#")
+                            siblings = json.loads(rest)
+                            rules[name] = self.convert_all(siblings, target, ref) if siblings else \
+                                self.convert(target, ref)
                 return SchemaLanguage(start, rules)
             except _Recursive as found:
-                self.recursive[found.ref] = f"rule{len(self.recursive)}"
+                self.recursive.add(found.ref)
                 self.expanding = []
 
     # ---- dispatch ---------------------------------------------------------------------------------------------
@@ -139,6 +147,8 @@ class _Converter:
         schema = validation_only(schema)
         if "$ref" in schema:
             return self.ref(schema, path)
+        if any(k in schema for k in ("dependencies", "dependentRequired", "dependentSchemas")):
+            schema = dependencies_as_cases(schema, path)
         if "allOf" in schema:
             return self.all_of(schema, path)
         if "not" in schema:
@@ -156,8 +166,9 @@ class _Converter:
                 return self.alternatives(schema, key, path)
         types = self.types(schema, path)
         if "const" in schema or "enum" in schema:
-            return self.literals(schema, types, path)
-        node = alt(*(self.typed(t, schema, path) for t in types))
+            node = self.literals(schema, types, path)
+        else:
+            node = alt(*(self.typed(t, schema, path) for t in types))
         excluded = schema.get("\0literals")
         if excluded:
             node = self.without_literals(node, excluded, path)
@@ -170,6 +181,8 @@ class _Converter:
         if other is False:
             return NOTHING
         merged = merge(base, validation_only(other), path)
+        if merged is False:
+            return NOTHING
         if merged is not None:
             return self.convert(merged, path)
         return self.meet(self.convert(base, path), self.convert(other, path), path)
@@ -250,9 +263,8 @@ class _Converter:
         ref = schema["$ref"]
         rest = {k: v for k, v in schema.items() if k != "$ref"}
         if ref in self.recursive:
-            if rest:
-                raise SchemaError(path, f"keywords beside a recursive $ref ({', '.join(rest)}) are not supported")
-            return Ref(self.recursive[ref])
+            key = (ref, json.dumps(rest, sort_keys=True))
+            return Ref(self.rules.setdefault(key, f"rule{len(self.rules)}"))
         if ref in self.expanding:
             raise _Recursive(ref)
         target = self.resolve(ref, path)
@@ -275,6 +287,8 @@ class _Converter:
             if part is False:
                 return NOTHING
             merged = merge(base, validation_only(part), f"{path}/allOf/{i}") if isinstance(part, dict) else None
+            if merged is False:
+                return NOTHING
             if merged is not None:
                 base = merged
             else:
@@ -337,9 +351,7 @@ class _Converter:
         if rest and candidates:
             checker = to_dfa(alt(*(self.typed(t, rest, path) for t in types)))
             candidates = [c for c in candidates if checker.matches(_unescape(c))]
-        if not candidates:
-            raise SchemaError(f"{path}/{key}", "no value of this enum/const satisfies the schema's other keywords")
-        return alt(*candidates)
+        return alt(*candidates) if candidates else NOTHING
 
     def without_literals(self, node: Node, excluded: list, path: str) -> Node:
         for value in excluded:
@@ -358,6 +370,21 @@ class _Converter:
         member = seq(Re(STRING), self.colon, inner)
         obj = seq(self.open_obj, repeat_separated(member, self.comma, 0, None), self.close_obj)
         return alt(*scalars, array, obj)
+
+
+def dependencies_as_cases(schema: dict, path: str) -> dict:
+    """``dependencies`` / ``dependentRequired`` / ``dependentSchemas`` as a case split per property: absent, or
+    present with its dependencies (``allOf`` of ``anyOf``s)."""
+    rest = {k: v for k, v in schema.items() if k not in ("dependencies", "dependentRequired", "dependentSchemas")}
+    cases = []
+    for key in ("dependencies", "dependentRequired", "dependentSchemas"):
+        table = schema.get(key, {})
+        if not isinstance(table, dict):
+            raise SchemaError(f"{path}/{key}", "must be an object")
+        for name, need in table.items():
+            present = {"required": [name, *need]} if isinstance(need, list) else {"required": [name], "allOf": [need]}
+            cases.append({"anyOf": [{"\0forbid": [[name]]}, present]})
+    return {**rest, "allOf": [*rest.get("allOf", []), *cases]} if cases else rest
 
 
 def repeat_separated(item: Node, comma: Node, lo: int, hi: int | None) -> Node:

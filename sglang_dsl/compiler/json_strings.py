@@ -12,7 +12,7 @@ import re
 
 from sglang_dsl.compiler.errors import RegexError, SchemaError
 from sglang_dsl.compiler.regex_syntax import normalize_regex
-from sglang_dsl.compiler.schema_ir import Meet, Minus, Node, Re, Rep, alt, is_empty, lit, seq
+from sglang_dsl.compiler.schema_ir import NOTHING, Meet, Minus, Node, Re, Rep, alt, is_empty, lit, seq
 
 STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\bfnrt])'
 STRING = f'"{STRING_CHAR}*"'
@@ -33,7 +33,11 @@ FORMATS = {
     "ipv4": r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
     "hostname": _LABEL + r"(\." + _LABEL + r")*",
 }
-STRING_KEYWORDS = ("minLength", "maxLength", "pattern", "format", "\0patterns", "\0not")
+FORMATS["uri-reference"] = "(" + FORMATS["uri"] + r"|(/?[a-zA-Z0-9._~!$&'()*+,;=:@%-]+)(/[a-zA-Z0-9._~!$&'()*+,;=:@%-]*)*)"
+MAX_LENGTH_BOUND = 10_000  # a larger minLength/maxLength is refused: the automaton grows with the bound
+# standard formats that validators may assert and that are not enforced here: refused (other names are annotations)
+UNSUPPORTED_FORMATS = frozenset({"regex", "ipv6", "idn-email", "idn-hostname", "iri", "iri-reference", "uri-template",
+                                 "json-pointer", "relative-json-pointer", "duration"})
 
 
 def string_node(schema: dict, path: str) -> Node:
@@ -51,9 +55,16 @@ def content_node(schema: dict, path: str) -> Node:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise SchemaError(f"{path}/{key}", f"must be a non-negative integer, got {value!r}")
     if hi is not None and hi < lo:
-        raise SchemaError(path, f"maxLength {hi} is below minLength {lo}")
+        return NOTHING
+    for key, value in (("minLength", lo), ("maxLength", hi)):
+        if value is not None and value > MAX_LENGTH_BOUND:
+            raise SchemaError(f"{path}/{key}", f"{key} {value} is above {MAX_LENGTH_BOUND:,} (the automaton would "
+                                               "grow with it)")
     parts: list[Node] = []
     fmt = schema.get("format")
+    if fmt in UNSUPPORTED_FORMATS:
+        raise SchemaError(f"{path}/format", f"format {fmt!r} is not supported (supported: {', '.join(FORMATS)}; "
+                                            "other names are annotations)")
     if isinstance(fmt, str) and fmt in FORMATS:
         parts.append(Re(FORMATS[fmt]))
     patterns = [(schema["pattern"], f"{path}/pattern")] if "pattern" in schema else []
@@ -62,32 +73,29 @@ def content_node(schema: dict, path: str) -> Node:
     if lo or hi is not None or not parts:
         parts.append(Rep(Re(STRING_CHAR), lo, hi))
     node = parts[0] if len(parts) == 1 else Meet(tuple(parts))
-    excluded = [pattern_node(p, f"{path}/not/pattern", exact=True) for p in schema.get("\0not", ())]
+    excluded = [pattern_node(p, f"{path}/not/pattern", outer=True) for p in schema.get("\0not", ())]
     if excluded:
         node = Minus(node, alt(*excluded))
-    if len(parts) > 1 or excluded:
-        if is_empty(node):
-            raise SchemaError(path, "no string satisfies these keywords together")
+    if (len(parts) > 1 or excluded) and is_empty(node):
+        return NOTHING
     return node
 
 
-def pattern_node(pattern, path: str, exact: bool = False) -> Node:
+def pattern_node(pattern, path: str, outer: bool = False) -> Node:
     """The JSON texts (between the quotes) of strings in which ``pattern`` is found: a branch anchored with
-    ``^`` / ``$`` matches from the start / to the end, otherwise anything may come before / after. ``exact``:
-    refuse patterns whose rewriting only approximates them from inside (character classes such as ``\\d`` or
-    ``.`` that Python reads more widely than the rewriting), as a pattern to exclude must be exact."""
+    ``^`` / ``$`` matches from the start / to the end, otherwise anything may come before / after. The rewriting
+    reads ``\\d``, ``\\w``, ``\\s``, ``.`` and negated sets narrowly (ASCII, nothing that needs an escape), so its
+    texts all match; ``outer`` reads them as any character instead (and ``$`` as Python does, before a final
+    newline too), so that every match is among its texts: what a pattern excludes must be read that way."""
     if not isinstance(pattern, str):
         raise SchemaError(path, f"must be a regex string, got {pattern!r}")
-    if exact and re.search(r"\\[dDwWsSbB]|\.|\[\^|\(\?", pattern):
-        raise SchemaError(path, "this pattern cannot be excluded exactly (it uses ., \\d, \\w, \\s or a negated "
-                                "set); not with a pattern is supported for plain patterns only")
     branches = []
     for branch in _top_level_branches(pattern):
         start = branch.startswith("^")
         end = branch.endswith("$") and not branch.endswith("\\$")
         body = branch[1 if start else 0: len(branch) - 1 if end else len(branch)]
-        inner = Re(json_string_regex(body, path)) if body else None
-        tail = [ANY_CONTENT] if not end else ([Rep(lit("\\n"), 0, 1)] if exact else [])  # Python's $ allows a final \n
+        inner = Re(json_string_regex(body, path, outer)) if body else None
+        tail = [ANY_CONTENT] if not end else ([Rep(lit("\\n"), 0, 1)] if outer else [])  # Python's $ allows a final \n
         branches.append(seq(*([] if start else [ANY_CONTENT]), *([inner] if inner else []), *tail))
     return alt(*branches)
 
@@ -125,10 +133,11 @@ _SAFE_EXCLUDED = r'"\\\x00-\x1f'
 _JSON_ESCAPES = {'"': r'\\"', "\\": r"\\\\", "\n": r"\\n", "\t": r"\\t", "\r": r"\\r", "\f": r"\\f", "\b": r"\\b"}
 
 
-def json_string_regex(pattern: str, path: str) -> str:
+def json_string_regex(pattern: str, path: str, outer: bool = False) -> str:
     """A JSON-Schema ``pattern`` (for the decoded string) as a regex over the string's JSON text (between the
     quotes): quotes, backslashes and control characters become their escapes, ``.`` and negated sets exclude
-    what must be escaped. Raises `SchemaError` (with the regex's caret message)."""
+    what must be escaped (``outer``: shorthand classes, ``.`` and negated sets become any one character).
+    Raises `SchemaError` (with the regex's caret message)."""
     try:
         normalized = normalize_regex(pattern)
     except RegexError as err:
@@ -137,7 +146,10 @@ def json_string_regex(pattern: str, path: str) -> str:
     i, n = 0, len(normalized)
     while i < n:
         c = normalized[i]
-        if c == "\\":
+        if c == "\\" and outer and normalized[i + 1] in "dDwWsS":
+            out.append(STRING_CHAR)
+            i += 2
+        elif c == "\\":
             e = normalized[i + 1]
             if e == "s":
                 out.append(r"( |\\[tnrf])")
@@ -157,9 +169,12 @@ def json_string_regex(pattern: str, path: str) -> str:
         elif c == "[":
             j = _class_end(normalized, i)
             body = normalized[i: j + 1]
-            if body.startswith("[^"):
+            if outer and (body.startswith("[^") or "\\" in body):
+                out.append(STRING_CHAR)
+            elif body.startswith("[^"):
                 out.append(body[:-1] + _SAFE_EXCLUDED + "]")
             else:
+                body = body.replace("\\s", " ")  # within a set, \s is read as the space alone (narrowly)
                 members = [u for u in _UNSAFE if re.fullmatch(body, u)]
                 if members:
                     raise SchemaError(path, f"character set {body} contains a quote, backslash or control character "
@@ -167,7 +182,7 @@ def json_string_regex(pattern: str, path: str) -> str:
                 out.append(body)
             i = j + 1
         elif c == ".":
-            out.append(f"[^{_SAFE_EXCLUDED}]")
+            out.append(STRING_CHAR if outer else f"[^{_SAFE_EXCLUDED}]")
             i += 1
         elif c == '"' or ord(c) < 0x20:
             out.append(_json_escaped(c))

@@ -18,7 +18,7 @@ def array_node(conv, schema: dict, path: str) -> Node:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise SchemaError(f"{path}/{key}", f"must be a non-negative integer, got {value!r}")
     if hi is not None and hi < lo:
-        raise SchemaError(path, f"maxItems {hi} is below minItems {lo}")
+        return NOTHING
     if schema.get("uniqueItems") is True and (hi is None or hi > 1):
         raise SchemaError(f"{path}/uniqueItems", "uniqueItems cannot be enforced by an automaton (refused)")
     for key in ("maxContains", "unevaluatedItems"):

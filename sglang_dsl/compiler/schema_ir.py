@@ -273,26 +273,7 @@ class _TreeGlushkov(_Glushkov):
         raise ConstraintError(f"a reference ({node}) cannot be part of an automaton")
 
     def repeat_node(self, node: Rep) -> tuple[bool, set[int], set[int]]:
-        nullable, first, last = True, set(), set()
-        for _ in range(node.low):
-            n, f, l = self.node(node.item)
-            self.link(last, f)
-            first = first | f if nullable else first
-            last = last | l if n else l
-            nullable = nullable and n
-        if node.high is None:
-            n, f, l = self.node(node.item)
-            self.link(l, f)
-            self.link(last, f)
-            first = first | f if nullable else first
-            return nullable, first, last | l
-        tail_last: set[int] = set()
-        for _ in range(node.high - node.low):
-            n, f, l = self.node(node.item)
-            self.link(last | tail_last, f)
-            first = first | f if nullable else first
-            tail_last |= l
-        return nullable, first, last | tail_last
+        return self.repeat_copies(lambda: self.node(node.item), node.low, node.high)
 
     def members(self, node: Members) -> tuple[bool, set[int], set[int]]:
         """`Members` with one copy of each member and of the comma before it: after member j come the commas of

@@ -57,9 +57,10 @@ def type_set(value: Any, path: str) -> set[str]:
     return out | {"integer"} if "number" in out else out
 
 
-def merge(base: dict, other: dict, path: str) -> dict | None:
-    """One schema requiring both (validation keywords only, references resolved by the caller), or None where
-    a keyword of both cannot be combined into one (the caller then intersects the two languages)."""
+def merge(base: dict, other: dict, path: str) -> dict | bool | None:
+    """One schema requiring both (validation keywords only, references resolved by the caller; False where the
+    types exclude each other), or None where a keyword of both cannot be combined into one (the caller then
+    intersects the two languages)."""
     out = dict(base)
     for key, value in other.items():
         if key not in out:
@@ -78,7 +79,7 @@ def merge(base: dict, other: dict, path: str) -> dict | None:
         elif key == "type":
             common = type_set(mine, path) & type_set(value, path)
             if not common:
-                raise SchemaError(f"{path}/type", f"allOf parts disagree on the type ({mine} vs {value})")
+                return False
             out[key] = sorted(common)
         elif key in _LOWER and _numbers(mine, value):
             out[key] = max(mine, value)
@@ -92,8 +93,8 @@ def merge(base: dict, other: dict, path: str) -> dict | None:
             out["enum"] = values
         elif key in ("\0patterns", "\0not", "\0literals", "\0forbid", "allOf"):
             out[key] = [*mine, *value]
-        elif key == "anyOf" or key == "oneOf":
-            out["allOf"] = [*out.get("allOf", []), {key: value}]
+        elif key == "anyOf" and len(mine) * len(value) <= 64:  # (a or b) and (c or d): the four cases
+            out[key] = [{"allOf": [a, b]} for a in mine for b in value]
         elif key == "not":
             out[key] = {"anyOf": [mine, value]}
         elif key == "additionalProperties" and (mine is False or value is False):
@@ -139,6 +140,12 @@ def negation(schema: Any, path: str) -> dict | bool:
     key, value = keys[0], schema[keys[0]]
     if key == "not":
         return value
+    if key == "format":
+        from sglang_dsl.compiler.json_strings import FORMATS, UNSUPPORTED_FORMATS
+
+        if value in FORMATS or value in UNSUPPORTED_FORMATS:
+            raise SchemaError(f"{path}/format", "not with a format is not supported")
+        return False  # an annotation: every value is valid, so none is under not
     if key == "type":
         rest = [t for t in TYPES if t not in type_set(value, path)]
         if "number" in type_set(value, path):
@@ -148,6 +155,9 @@ def negation(schema: Any, path: str) -> dict | bool:
         return {"type": rest} if rest else False
     if key in ("enum", "const"):
         values = [value] if key == "const" else value
+        if not isinstance(values, list) or any(isinstance(v, (dict, list)) for v in values):
+            raise SchemaError(f"{path}/{key}", "not with object or array values is not supported (their texts are "
+                                               "not unique)")
         return {"\0literals": list(values)}
     if key == "required":
         return {"\0forbid": [list(value)]} if value else {"type": [t for t in TYPES if t != "object"]}

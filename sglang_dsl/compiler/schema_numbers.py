@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from sglang_dsl.compiler.errors import SchemaError
 from sglang_dsl.compiler.numeric_ranges import decimal_range_regex, integer_range_regex
-from sglang_dsl.compiler.schema_ir import Meet, Node, Re
+from sglang_dsl.compiler.schema_ir import NOTHING, Meet, Node, Re
 
 INTEGER = r"-?(0|[1-9][0-9]*)"
 NUMBER = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?"
@@ -29,10 +29,9 @@ def integer_node(schema: dict, path: str) -> Node:
     if lo is not None or hi is not None:
         low = None if lo is None else (math.floor(lo) + 1 if lo_strict and lo == math.floor(lo) else math.ceil(lo))
         high = None if hi is None else (math.ceil(hi) - 1 if hi_strict and hi == math.ceil(hi) else math.floor(hi))
-        try:
-            node = Re(integer_range_regex(low, high))
-        except ValueError as err:
-            raise SchemaError(path, str(err)) from None
+        if low is not None and high is not None and low > high:
+            return NOTHING
+        node = Re(integer_range_regex(low, high))
     if step is not None and step > 1:
         digits = {2: "[02468]", 5: "[05]", 10: "0"}[int(step)]
         node = Meet((node, Re(f"-?(0|[0-9]*{digits})")))
@@ -46,8 +45,8 @@ def number_node(schema: dict, path: str) -> Node:
     if lo is not None or hi is not None:
         try:
             node = Re(decimal_range_regex(lo, hi, lo_strict, hi_strict))
-        except ValueError as err:
-            raise SchemaError(path, str(err)) from None
+        except ValueError:  # an empty range
+            return NOTHING
     if step is None:
         return node
     exponent = step.normalize().as_tuple().exponent

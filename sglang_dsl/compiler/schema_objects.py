@@ -2,8 +2,8 @@
 other members where ``patternProperties`` / ``additionalProperties`` allow them (keys that are not declared;
 a key matching a pattern takes that pattern's schema, any other key ``additionalProperties``' schema),
 ``required``, ``minProperties`` / ``maxProperties`` (where the members written make the count plain), and sets
-of properties that must not all be present (``not`` + ``required``). ``propertyNames``, ``dependencies``,
-``dependentRequired``, ``dependentSchemas`` and ``unevaluatedProperties`` are refused."""
+of properties that must not all be present (``not`` + ``required``, and dependencies as rewritten by
+`json_schema.dependencies_as_cases`). ``propertyNames`` and ``unevaluatedProperties`` are refused."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 from sglang_dsl.compiler.errors import SchemaError
 from sglang_dsl.compiler.json_strings import ANY_CONTENT, pattern_node
 from sglang_dsl.compiler.schema_ir import (
-    EMPTY, NOTHING, Meet, Members, Minus, Node, Rep, alt, is_empty, lit, opt, refs, seq)
+    EMPTY, NOTHING, Members, Minus, Node, Rep, alt, is_empty, lit, opt, refs, seq)
 
-_REFUSED = ("propertyNames", "dependencies", "dependentRequired", "dependentSchemas", "unevaluatedProperties")
+_REFUSED = ("propertyNames", "unevaluatedProperties")
 
 
 def object_node(conv, schema: dict, path: str) -> Node:
@@ -26,9 +26,8 @@ def object_node(conv, schema: dict, path: str) -> Node:
             raise SchemaError(f"{path}/{key}", f"{key} is not supported")
     forbid = [list(names) for names in schema.get("\0forbid", [])]
     required = _required(schema, path)
-    for names in forbid:
-        if set(names) <= set(required):
-            raise SchemaError(path, f"properties {names} are required, yet not allowed together")
+    if any(set(names) <= set(required) for names in forbid):
+        return NOTHING  # required properties that must not all be present
     cases = [[]] if not forbid else _absent_choices(forbid)
     return alt(*(_object_case(conv, schema, required, set(absent), path) for absent in cases))
 
@@ -88,31 +87,32 @@ def _object_case(conv, schema: dict, required: list[str], absent: set[str], path
 
 
 def _other_member(conv, declared: dict, patterns: dict, extra: Any, path: str) -> Node:
-    """A member whose key is not declared: keys matching a pattern with that pattern's value schema, others with
-    additionalProperties' (NOTHING when no such member is allowed)."""
+    """A member whose key is not declared: a key matching a pattern with that pattern's value schema (keys that
+    may also match a pattern with another schema left out), any other key with additionalProperties' schema
+    (NOTHING when no such member is allowed). Keys are excluded by the patterns read widely (`pattern_node`'s
+    ``outer``), so that no key a pattern matches is taken for another."""
     names = alt(*(lit(_key_text(n)) for n in declared)) if declared else NOTHING
-    options, keys = [], []
-    for i, (pattern, sub) in enumerate(patterns.items()):
+    wide = {p: pattern_node(p, f"{path}/patternProperties/{_pointer(p)}", outer=True) for p in patterns}
+    options = []
+    for pattern, sub in patterns.items():
         where = f"{path}/patternProperties/{_pointer(pattern)}"
-        key = pattern_node(pattern, where)
-        if names != NOTHING:
-            key = Minus(key, names)
-        for j, (earlier, earlier_sub) in enumerate(list(patterns.items())[:i]):
-            if sub != earlier_sub and not is_empty(Meet((key, keys[j]))):
-                raise SchemaError(where, f"keys may match both this pattern and {earlier!r} (with different "
-                                         "schemas); overlapping patternProperties are not supported")
-        keys.append(key)
+        others = [wide[p] for p, s in patterns.items() if p != pattern and s != sub]
+        key = _without(pattern_node(pattern, where), [names, *others])
         value = conv.convert(sub, where)
         if value != NOTHING and not is_empty(key):
             options.append(seq(lit('"'), key, lit('"'), conv.colon, value))
     if extra is not False:
-        excluded = alt(names, *keys) if keys or names != NOTHING else NOTHING
-        key = ANY_CONTENT if excluded == NOTHING else Minus(ANY_CONTENT, excluded)
+        key = _without(ANY_CONTENT, [names, *wide.values()])
         value = conv.any_value(1) if extra is True or extra == {} else conv.convert(extra,
                                                                                   f"{path}/additionalProperties")
         if value != NOTHING:
             options.append(seq(lit('"'), key, lit('"'), conv.colon, value))
     return alt(*options) if options else NOTHING
+
+
+def _without(keys: Node, excluded: list[Node]) -> Node:
+    excluded = [e for e in excluded if e != NOTHING]
+    return Minus(keys, alt(*excluded)) if excluded else keys
 
 
 def _members(conv, members: list[tuple[Node, bool]], other: Node, extra_max: int | None) -> Node:
@@ -139,8 +139,7 @@ def _required(schema: dict, path: str) -> list[str]:
 
 def _trivial(key: str, value: Any) -> bool:
     """Keyword values that constrain nothing."""
-    return value is True or value == {} or (key in ("dependencies", "dependentRequired", "dependentSchemas") and
-                                            all(v == [] or v is True or v == {} for v in value.values()))
+    return value is True or value == {}
 
 
 def _search(pattern: Any, name: str, path: str) -> bool:

@@ -160,12 +160,17 @@ def summarize(results: list[dict], timeout: float) -> str:
     times = [r["compile_s"] for r in results if r["compile_s"] is not None]
     lines += ["", "| compile time | p50 | p75 | p90 | p95 | p99 | max |", "|---|---:|---:|---:|---:|---:|---:|",
               "| seconds | " + " | ".join(f"{percentile(times, p):.3f}" for p in (50, 75, 90, 95, 99, 100)) + " |"]
-    by_split = Counter(r["id"].split("---")[0] for r in results)
-    passing = Counter(r["id"].split("---")[0] for r in results if r["outcome"] == "passing")
+    by_split = Counter(_split(r["id"]) for r in results)
+    passing = Counter(_split(r["id"]) for r in results if r["outcome"] == "passing")
     lines += ["", "| split | schemas | passing |", "|---|---:|---:|"]
     for split in sorted(by_split):
         lines.append(f"| {split} | {by_split[split]:,} | {100 * passing[split] / by_split[split]:.1f}% |")
     return "\n".join(lines)
+
+
+def _split(name: str) -> str:
+    """MaskBench's split of a file: ``Github_easy---o1.json`` -> Github_easy, ``BFCL_simple_3.json`` -> BFCL."""
+    return name.split("---")[0] if "---" in name else name.split("_")[0]
 
 
 def reasons(results: list[dict], top: int) -> str:

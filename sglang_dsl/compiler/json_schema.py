@@ -27,9 +27,11 @@ from sglang_dsl.compiler.automaton import ByteDFA
 from sglang_dsl.compiler.errors import SchemaError
 from sglang_dsl.compiler.json_strings import STRING, string_node
 from sglang_dsl.compiler.schema_ir import (
-    EMPTY, NOTHING, Meet, Minus, Node, Re, Ref, Rep, SepList, alt, lit, refs, seq, to_dfa, to_regex)
+    EMPTY, NOTHING, Meet, Minus, Node, Re, Ref, Rep, SepList, alt, lit, refs, seq, to_regex)
+from sglang_dsl.compiler.schema_automaton import to_dfa
 from sglang_dsl.compiler.schema_keywords import (
-    TYPE_KEYWORDS, TYPES, merge, negation, type_set, validation_only)
+    TYPE_KEYWORDS, TYPES, dependencies_as_cases, merge, negation, tags_apart, type_set, types_apart,
+    validation_only)
 from sglang_dsl.compiler.schema_numbers import integer_node, number_node
 
 ANY_DEPTH = 2
@@ -325,7 +327,7 @@ class _Converter:
         for other in others:
             if other is False:
                 continue
-            if not isinstance(other, dict) or not (_types_apart(option, other) or _tags_apart(option, other)):
+            if not isinstance(other, dict) or not (types_apart(option, other) or tags_apart(option, other)):
                 return False
         return True
 
@@ -372,21 +374,6 @@ class _Converter:
         return alt(*scalars, array, obj)
 
 
-def dependencies_as_cases(schema: dict, path: str) -> dict:
-    """``dependencies`` / ``dependentRequired`` / ``dependentSchemas`` as a case split per property: absent, or
-    present with its dependencies (``allOf`` of ``anyOf``s)."""
-    rest = {k: v for k, v in schema.items() if k not in ("dependencies", "dependentRequired", "dependentSchemas")}
-    cases = []
-    for key in ("dependencies", "dependentRequired", "dependentSchemas"):
-        table = schema.get(key, {})
-        if not isinstance(table, dict):
-            raise SchemaError(f"{path}/{key}", "must be an object")
-        for name, need in table.items():
-            present = {"required": [name, *need]} if isinstance(need, list) else {"required": [name], "allOf": [need]}
-            cases.append({"anyOf": [{"\0forbid": [[name]]}, present]})
-    return {**rest, "allOf": [*rest.get("allOf", []), *cases]} if cases else rest
-
-
 def repeat_separated(item: Node, comma: Node, lo: int, hi: int | None) -> Node:
     """lo..hi items separated by comma."""
     if hi == 0 or item == NOTHING:
@@ -412,32 +399,6 @@ def _type_of(value: Any) -> str:
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
         return "integer"
     return {float: "number", str: "string", list: "array", dict: "object"}.get(type(value), "?")
-
-
-def _types_apart(a: dict, b: dict) -> bool:
-    if "type" not in a or "type" not in b:
-        return False
-    ta, tb = type_set(a["type"], "#"), type_set(b["type"], "#")
-    return not (ta & tb)
-
-
-def _tags_apart(a: dict, b: dict) -> bool:
-    """A property both require whose allowed constants differ."""
-    for name in set(a.get("required", [])) & set(b.get("required", [])):
-        va, vb = _constants(a, name), _constants(b, name)
-        if va is not None and vb is not None and not any(x == y and type(x) is type(y) for x in va for y in vb):
-            return True
-    return False
-
-
-def _constants(schema: dict, name: str) -> list | None:
-    sub = schema.get("properties", {}).get(name)
-    if isinstance(sub, dict):
-        if "const" in sub:
-            return [sub["const"]]
-        if isinstance(sub.get("enum"), list):
-            return sub["enum"]
-    return None
 
 
 def _spaces(separator: str) -> str:

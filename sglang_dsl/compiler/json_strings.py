@@ -12,7 +12,8 @@ import re
 
 from sglang_dsl.compiler.errors import RegexError, SchemaError
 from sglang_dsl.compiler.regex_syntax import normalize_regex
-from sglang_dsl.compiler.schema_ir import NOTHING, Meet, Minus, Node, Re, Rep, alt, is_empty, lit, seq
+from sglang_dsl.compiler.schema_automaton import is_empty
+from sglang_dsl.compiler.schema_ir import NOTHING, Meet, Minus, Node, Re, Rep, alt, lit, seq
 
 STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\bfnrt])'
 STRING = f'"{STRING_CHAR}*"'
@@ -33,7 +34,8 @@ FORMATS = {
     "ipv4": r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
     "hostname": _LABEL + r"(\." + _LABEL + r")*",
 }
-FORMATS["uri-reference"] = "(" + FORMATS["uri"] + r"|(/?[a-zA-Z0-9._~!$&'()*+,;=:@%-]+)(/[a-zA-Z0-9._~!$&'()*+,;=:@%-]*)*)"
+_SEGMENT = r"[a-zA-Z0-9._~!$&'()*+,;=:@%-]"
+FORMATS["uri-reference"] = "(" + FORMATS["uri"] + f"|(/?{_SEGMENT}+)(/{_SEGMENT}*)*)"
 MAX_LENGTH_BOUND = 10_000  # a larger minLength/maxLength is refused: the automaton grows with the bound
 # standard formats that validators may assert and that are not enforced here: refused (other names are annotations)
 UNSUPPORTED_FORMATS = frozenset({"regex", "ipv6", "idn-email", "idn-hostname", "iri", "iri-reference", "uri-template",

@@ -11,7 +11,8 @@ from __future__ import annotations
 from sglang_dsl.compiler.errors import GrammarError, SchemaError
 from sglang_dsl.compiler.lark_grammar import Grammar, grammar_with_terminals
 from sglang_dsl.compiler.schema_ir import (
-    EMPTY, Alt, Members, Minus, Node, Ref, Rep, SepList, Seq, is_empty, nullable, refs, to_dfa)
+    EMPTY, Alt, Members, Minus, Node, Ref, Rep, SepList, Seq, refs)
+from sglang_dsl.compiler.schema_automaton import is_empty, nullable, to_dfa
 
 
 def rules_to_grammar(start: Node, rules: dict[str, Node]) -> Grammar:

@@ -115,7 +115,9 @@ def _numbers(*values) -> bool:
 
 
 def _values(schema: dict, key: str) -> list:
-    return [schema["const"]] if key == "const" and "const" in schema else list(schema.get("enum", [schema.get("const")]))
+    if key == "const" and "const" in schema:
+        return [schema["const"]]
+    return list(schema.get("enum", [schema.get("const")]))
 
 
 def _same(a, b) -> bool:
@@ -190,4 +192,46 @@ def _swapped_bound(key: str, value: Any) -> dict | None:
         return {"exclusiveMaximum": value}
     if key == "maximum":
         return {"exclusiveMinimum": value}
+    return None
+
+
+def dependencies_as_cases(schema: dict, path: str) -> dict:
+    """``dependencies`` / ``dependentRequired`` / ``dependentSchemas`` as a case split per property: absent, or
+    present with its dependencies (``allOf`` of ``anyOf``s)."""
+    rest = {k: v for k, v in schema.items() if k not in ("dependencies", "dependentRequired", "dependentSchemas")}
+    cases = []
+    for key in ("dependencies", "dependentRequired", "dependentSchemas"):
+        table = schema.get(key, {})
+        if not isinstance(table, dict):
+            raise SchemaError(f"{path}/{key}", "must be an object")
+        for name, need in table.items():
+            present = {"required": [name, *need]} if isinstance(need, list) else {"required": [name], "allOf": [need]}
+            cases.append({"anyOf": [{"\0forbid": [[name]]}, present]})
+    return {**rest, "allOf": [*rest.get("allOf", []), *cases]} if cases else rest
+
+
+def types_apart(a: dict, b: dict) -> bool:
+    """Schemas whose ``type``s share no instance type."""
+    if "type" not in a or "type" not in b:
+        return False
+    ta, tb = type_set(a["type"], "#"), type_set(b["type"], "#")
+    return not (ta & tb)
+
+
+def tags_apart(a: dict, b: dict) -> bool:
+    """A property both require whose allowed constants differ."""
+    for name in set(a.get("required", [])) & set(b.get("required", [])):
+        va, vb = _constants(a, name), _constants(b, name)
+        if va is not None and vb is not None and not any(x == y and type(x) is type(y) for x in va for y in vb):
+            return True
+    return False
+
+
+def _constants(schema: dict, name: str) -> list | None:
+    sub = schema.get("properties", {}).get(name)
+    if isinstance(sub, dict):
+        if "const" in sub:
+            return [sub["const"]]
+        if isinstance(sub.get("enum"), list):
+            return sub["enum"]
     return None

@@ -3,7 +3,7 @@ other members where ``patternProperties`` / ``additionalProperties`` allow them 
 a key matching a pattern takes that pattern's schema, any other key ``additionalProperties``' schema),
 ``required``, ``minProperties`` / ``maxProperties`` (where the members written make the count plain), and sets
 of properties that must not all be present (``not`` + ``required``, and dependencies as rewritten by
-`json_schema.dependencies_as_cases`). ``propertyNames`` and ``unevaluatedProperties`` are refused."""
+`schema_keywords.dependencies_as_cases`). ``propertyNames`` and ``unevaluatedProperties`` are refused."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any
 from sglang_dsl.compiler.errors import SchemaError
 from sglang_dsl.compiler.json_strings import ANY_CONTENT, pattern_node
 from sglang_dsl.compiler.schema_ir import (
-    EMPTY, NOTHING, Members, Minus, Node, Rep, alt, is_empty, lit, opt, refs, seq)
+    EMPTY, NOTHING, Members, Minus, Node, Rep, alt, lit, opt, refs, seq)
+from sglang_dsl.compiler.schema_automaton import is_empty
 
 _REFUSED = ("propertyNames", "unevaluatedProperties")
 

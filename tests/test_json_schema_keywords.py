@@ -90,6 +90,7 @@ CASES = {
         {"allOf": [{"type": "string", "pattern": "a"}, {"pattern": "b"}, {"maxLength": 4}]},
         ["ab", "ba", "xaby"], ["aa", "abcde"]),
     "unknown_format_ignored": ({"type": "string", "format": "int32"}, ["12", "x"], [1]),
+    "uri_reference": ({"type": "string", "format": "uri-reference"}, ["Web", "a/b:c", "https://x.org/p"], []),
 }
 
 
@@ -185,6 +186,12 @@ def test_recursive_ref_with_sibling_keywords_gets_its_own_rule():
     assert "rule0" in grammar.source and "rule1" in grammar.source
 
 
+def test_uri_reference_rejects_a_colon_in_the_first_relative_segment():
+    """RFC 3986 (what rfc3987, which jsonschema uses when installed, checks): ``://`` is no URI reference."""
+    dfa = compile_schema({"type": "string", "format": "uri-reference"})
+    assert not dfa.matches('"://"') and not dfa.matches('"a b"') and dfa.matches('"./a"')
+
+
 def test_keywords_of_other_types_are_ignored():
     dfa = compile_schema({"type": "array", "additionalProperties": False, "maxLength": 1, "items": {"type": "null"}})
     assert dfa.matches("[null,null]") and not dfa.matches('"x"')
@@ -195,6 +202,7 @@ def test_keywords_of_other_types_are_ignored():
     ({"not": {"type": "object", "properties": {"a": {"type": "array", "maxContains": 1}}}},
      "#/not/properties/a/maxContains"),
     ({"type": "string", "format": "regex"}, "#/format"),
+    ({"not": {"type": "integer"}}, "#/not/type"),  # what is left would be the non-integral numbers
 ])
 def test_unenforceable_keywords_are_refused_with_their_path(schema, path):
     with pytest.raises(SchemaError) as err:

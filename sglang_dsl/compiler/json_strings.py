@@ -34,8 +34,8 @@ FORMATS = {
     "ipv4": r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
     "hostname": _LABEL + r"(\." + _LABEL + r")*",
 }
-_SEGMENT = r"[a-zA-Z0-9._~!$&'()*+,;=:@%-]"
-FORMATS["uri-reference"] = "(" + FORMATS["uri"] + f"|(/?{_SEGMENT}+)(/{_SEGMENT}*)*)"
+_SEGMENT = r"[a-zA-Z0-9._~!$&'()*+,;=@-]"  # a relative reference's first segment has no ":" (RFC 3986)
+FORMATS["uri-reference"] = "(" + FORMATS["uri"] + f"|(/?{_SEGMENT}+)(/({_SEGMENT}|:)*)*)"
 MAX_LENGTH_BOUND = 10_000  # a larger minLength/maxLength is refused: the automaton grows with the bound
 # standard formats that validators may assert and that are not enforced here: refused (other names are annotations)
 UNSUPPORTED_FORMATS = frozenset({"regex", "ipv6", "idn-email", "idn-hostname", "iri", "iri-reference", "uri-template",

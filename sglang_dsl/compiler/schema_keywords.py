@@ -152,7 +152,7 @@ def negation(schema: Any, path: str) -> dict | bool:
         rest = [t for t in TYPES if t not in type_set(value, path)]
         if "number" in type_set(value, path):
             rest = [t for t in rest if t != "integer"]
-        if rest == ["number"]:
+        if "number" in rest and "integer" not in rest:  # number here would include the integers
             raise SchemaError(f"{path}/type", "not integer (the non-integral numbers) is not supported")
         return {"type": rest} if rest else False
     if key in ("enum", "const"):

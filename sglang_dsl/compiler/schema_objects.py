@@ -60,7 +60,7 @@ def _object_case(conv, schema: dict, required: list[str], absent: set[str], path
         value = conv.convert(sub, f"{path}/properties/{_pointer(name)}")
         if value == NOTHING:
             if name in required:
-                raise SchemaError(f"{path}/required", f"required property {name!r} cannot have any value")
+                return NOTHING  # a required property that no value satisfies
             continue
         members.append((seq(conv.literal(name, f"{path}/properties"), conv.colon, value), name in required))
     other = _other_member(conv, declared, patterns, extra, path)

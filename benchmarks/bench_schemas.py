@@ -18,7 +18,8 @@ language, which a token walk of the same text follows too). Outcomes: ``passing`
 instance accepted, every invalid one rejected; schemas without tests pass by compiling), ``compile error``
 (refused or raised), ``timeout`` (compile + checks over ``--timeout`` s; the worker is killed), ``out of
 memory`` (over ``--mem-gib``), ``crash`` (the worker died), ``validation error`` (a valid instance rejected),
-``invalidation error`` (an invalid instance accepted: a bug). Compile-time percentiles are MaskBench's TTFM:
+``invalidation error`` (an invalid instance accepted: a bug; an exception while checking counts as a validation
+error, as in MaskBench's runner). Compile-time percentiles are MaskBench's TTFM:
 schemas that compiled, timeouts counted at the timeout. Each schema runs in a worker process (``--jobs``).
 """
 
@@ -65,8 +66,12 @@ def run_schema(path: str, vocab) -> dict:
         return {**out, "outcome": "compile error", "detail": f"BUG {type(err).__name__}: {err}"[:300]}
     out["compile_s"] = time.perf_counter() - started
     for i, test in enumerate(case.get("tests", [])):
-        state = matcher.advance_bytes(matcher.start(), compact(test["data"]))
-        accepted = state is not None and matcher.accepting(state)
+        try:
+            state = matcher.advance_bytes(matcher.start(), compact(test["data"]))
+            accepted = state is not None and matcher.accepting(state)
+        except Exception as err:  # noqa: BLE001 - as MaskBench's runner: an exception is a validation error
+            out.update(outcome="validation error", detail=f"test #{i}: EXN {type(err).__name__}: {err}"[:200])
+            continue
         if accepted != test["valid"]:
             kind = "validation error" if test["valid"] else "invalidation error"
             if out["outcome"] != "invalidation error":
@@ -127,7 +132,7 @@ class _Pool:
                         w["path"] = None
                         continue
                     except EOFError:
-                        outcome = "out of memory" if w["proc"].exitcode in (-6, 1) else "crash"
+                        outcome = "out of memory" if w["proc"].exitcode == -9 else "crash"  # -9: the OOM killer
                         report({"id": name, "outcome": outcome, "compile_s": None,
                                 "detail": f"exit code {w['proc'].exitcode}"})
                 elif now - w["since"] > self.timeout:

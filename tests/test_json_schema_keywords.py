@@ -208,3 +208,15 @@ def test_unenforceable_keywords_are_refused_with_their_path(schema, path):
     with pytest.raises(SchemaError) as err:
         compile_schema(schema)
     assert err.value.path.endswith(path.rsplit("/", 1)[1]), str(err.value)
+
+
+def test_recursive_schemas_round_trip_through_the_disk_cache(smollm2_vocab, tmp_path):  # noqa: F811
+    from sglang_dsl.compiler.constraint import ConstraintCompiler
+
+    spec = ConstraintSpec("json_schema", json.dumps(TREE))
+    ConstraintCompiler(smollm2_vocab, cache_dir=tmp_path).compile(spec)
+    fresh = ConstraintCompiler(smollm2_vocab, cache_dir=tmp_path)
+    matcher = fresh.compile(spec)
+    assert fresh.stats["disk_hits"] == 1 and fresh.stats["compiled"] == 0
+    state = matcher.advance_bytes(matcher.start(), b'{"value":1,"children":[{"value":2}]}')
+    assert state is not None and matcher.accepting(state)

@@ -15,7 +15,8 @@ from backends.base import Backend
 from sglang_dsl.lang.config import global_config
 from sglang_dsl.lang.errors import ProgramError
 
-SCHEMA = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["k"]}
+SCHEMA = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["k"],
+          "additionalProperties": False}  # closed: other properties would be allowed (JSON Schema reads it so)
 
 
 class PerNode(Backend):

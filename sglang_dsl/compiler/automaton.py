@@ -185,27 +185,35 @@ class _Glushkov:
         raise RegexError(self.pattern, 0, f"unsupported construct {type(node).__name__}")
 
     def repeat(self, base, low: int, high: int | None, flags) -> tuple[bool, set[int], set[int]]:
+        return self.repeat_copies(lambda: self.build(base, flags), low, high)
+
+    def repeat_copies(self, copy, low: int, high: int | None) -> tuple[bool, set[int], set[int]]:
+        """``low`` to ``high`` copies in a row, each from ``copy()`` (which builds one and returns its nullable,
+        first and last). The optional copies nest, ``(x(x(x)?)?)?``: each is entered only from the one before,
+        so the links stay linear in the number of copies (``x?x?x?`` would link every copy to all later ones)."""
         nullable, first, last = True, set(), set()
         for _ in range(low):  # mandatory copies
-            n, f, l = self.build(base, flags)
+            n, f, l = copy()
             self.link(last, f)
             first = first | f if nullable else first
             last = last | l if n else l
             nullable = nullable and n
         if high is None:  # then a star
-            n, f, l = self.build(base, flags)
+            n, f, l = copy()
             self.link(l, f)
             self.link(last, f)
             first = first | f if nullable else first
             return nullable, first, last | l
-        # then (high - low) nested optional copies: (x(x(x)?)?)?
-        tail_last: set[int] = set()
+        entry, reach_start, out = last, nullable, set(last)  # entry: positions the next copy follows
         for _ in range(high - low):
-            n, f, l = self.build(base, flags)
-            self.link(last | tail_last, f)
-            first = first | f if nullable else first
-            tail_last |= l
-        return nullable, first, last | tail_last
+            n, f, l = copy()
+            self.link(entry, f)
+            if reach_start:
+                first = first | f
+            reach_start = reach_start and n
+            entry = l | entry if n else l
+            out |= l
+        return nullable, first, out
 
 
 @dataclass
@@ -218,6 +226,11 @@ class _CharDFA:
     def from_tree(cls, tree, pattern: str) -> "_CharDFA":
         g = _Glushkov(pattern)
         nullable, first, last = g.build(tree, ip.REFlags(0))
+        return cls.from_positions(g, nullable, first, last)
+
+    @classmethod
+    def from_positions(cls, g: _Glushkov, nullable: bool, first: set[int], last: set[int]) -> "_CharDFA":
+        """Determinize the position automaton ``g`` (with the whole pattern's nullable/first/last) and prune."""
         partition, masks = _classes(g.sets)
         num_classes = partition.num_classes
         bits = {m: _bits(m) for m in set(masks)}

@@ -63,10 +63,10 @@ def gen_constraint(*, choices: Sequence[str] | None = None, dtype: type | str | 
     elif regex is not None:
         out = {"regex": regex}
     elif json_schema is not None:
-        from sglang_dsl.compiler.json_schema import json_schema_to_regex
+        from sglang_dsl.compiler.json_schema import schema_language
 
         text = schema_to_json_text(json_schema)
-        json_schema_to_regex(text)  # raises SchemaError with the path of a problem
+        schema_language(text)  # raises SchemaError with the path of a problem
         return {"json_schema": text}
     else:
         return {}

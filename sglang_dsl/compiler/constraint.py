@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 COMPILER_VERSION = "2"  # bump when compiled artifacts change meaning (invalidates the disk cache)
 KINDS = ("regex", "json_schema", "ebnf")
 LAZY_ABOVE = 4000 * 50_000  # states x vocabulary size beyond which mask rows are computed on first use
+SCHEMA_EAGER_STATES = 256  # a JSON schema's DFA with more states computes its mask rows on first use
 MEMORY_BYTES = 1 << 30  # compiled matchers kept in memory (approximately, by their mask tables)
 
 
@@ -81,7 +82,8 @@ class ConstraintSpec:
 
 
 def constraint_regex(spec: ConstraintSpec) -> str:
-    """The regex a ``regex`` or ``json_schema`` spec compiles to."""
+    """The regex a ``regex`` spec is, or a ``json_schema`` spec compiles to (raises `SchemaError` for schemas
+    whose language has no regex: those that need intersections, differences or recursion)."""
     if spec.kind == "regex":
         return spec.source
     if spec.kind == "json_schema":
@@ -99,8 +101,12 @@ def check_constraint(spec: ConstraintSpec) -> None:
 
         check_grammar(spec.source)
         return
-    pattern = constraint_regex(spec)
-    normalized = normalize_regex(pattern)
+    if spec.kind == "json_schema":
+        from sglang_dsl.compiler.json_schema import schema_language
+
+        schema_language(spec.source)
+        return
+    normalized = normalize_regex(spec.source)
     import interegular
     from interegular import patterns
 
@@ -109,17 +115,31 @@ def check_constraint(spec: ConstraintSpec) -> None:
     except (patterns.Unsupported, patterns.InvalidSyntax) as err:
         from sglang_dsl.compiler.errors import RegexError
 
-        raise RegexError(pattern, 0, f"cannot be parsed: {err or type(err).__name__}") from None
+        raise RegexError(spec.source, 0, f"cannot be parsed: {err or type(err).__name__}") from None
 
 
 def compile_constraint(spec: ConstraintSpec, vocab: Vocabulary) -> Matcher:
-    """Compile ``spec`` against ``vocab`` (no caching)."""
+    """Compile ``spec`` against ``vocab`` (no caching). A JSON schema becomes a regex matcher, or a grammar
+    matcher when it recurses."""
     if spec.kind == "ebnf":
         from sglang_dsl.compiler.grammar import compile_grammar
 
         return compile_grammar(spec.source, vocab)
-    dfa = regex_to_dfa(constraint_regex(spec))
-    lazy = dfa.num_states * vocab.size > LAZY_ABOVE  # huge automata: rows on first use instead of up front
+    if spec.kind == "json_schema":
+        from sglang_dsl.compiler.json_schema import compile_schema
+
+        compiled = compile_schema(spec.source)
+        if not isinstance(compiled, ByteDFA):
+            from sglang_dsl.compiler.grammar import started_matcher
+
+            return started_matcher(compiled, vocab)
+        dfa = compiled
+        # schema automata are large and decoding visits few of their states: rows on first use, as a grammar's
+        lazy = dfa.num_states > SCHEMA_EAGER_STATES
+    else:
+        dfa = regex_to_dfa(spec.source)
+        lazy = False
+    lazy = lazy or dfa.num_states * vocab.size > LAZY_ABOVE  # huge automata: rows on first use, not up front
     return RegexMatcher(TokenIndex.build(dfa, vocab, lazy=lazy))
 
 
@@ -183,11 +203,15 @@ class ConstraintCompiler:
 
     # ---- disk -------------------------------------------------------------------------------------------------
 
-    def _path(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{key}.npy"
+    def _path(self, key: str, grammar: bool = False) -> Path | None:
+        """Where an entry lives: a grammar (an ``ebnf``, or a recursive ``json_schema``) under its own suffix."""
+        return None if self.cache_dir is None else self.cache_dir / f"{key}{'.grammar' if grammar else ''}.npy"
 
     def _load(self, key: str, kind: str) -> Matcher | None:
-        path = self._path(key)
+        path = self._path(key, kind == "ebnf")
+        if path is not None and kind == "json_schema" and not path.is_file():
+            path = self._path(key, True)
+            kind = "ebnf"
         if path is None or not path.is_file():
             return None
         if kind == "ebnf":
@@ -200,7 +224,7 @@ class ConstraintCompiler:
         return None if index is None else RegexMatcher(index)
 
     def _store(self, key: str, spec: ConstraintSpec, matcher: Matcher) -> None:
-        path = self._path(key)
+        path = self._path(key, not isinstance(matcher, RegexMatcher))
         if path is None:
             return
         try:

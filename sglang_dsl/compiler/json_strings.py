@@ -1,5 +1,10 @@
-"""JSON strings as regexes over their JSON text: free strings with length bounds, ``format``s, and ``pattern``s
-rewritten to read escaped text (for `json_schema.py` and the ``str`` dtype)."""
+"""JSON strings as languages of their JSON text (`schema_ir` trees): free strings with length bounds, ``format``s
+and ``pattern``s (searched, as JSON Schema reads them, and rewritten to read escaped text), intersected when a
+schema has several (for `json_schema.py` and the ``str`` dtype).
+
+Strings are written in one canonical way: no ``\\u`` escapes and no ``\\/`` (what ``json.dumps(...,
+ensure_ascii=False)`` writes, control characters aside), so each string has exactly one text and a difference
+of string languages (``not``, keys outside ``patternProperties``) is exact."""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ import re
 
 from sglang_dsl.compiler.errors import RegexError, SchemaError
 from sglang_dsl.compiler.regex_syntax import normalize_regex
+from sglang_dsl.compiler.schema_automaton import is_empty
+from sglang_dsl.compiler.schema_ir import NOTHING, Meet, Minus, Node, Re, Rep, alt, lit, seq
 
-STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\/bfnrt])'
+STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\bfnrt])'
 STRING = f'"{STRING_CHAR}*"'
+ANY_CONTENT = Rep(Re(STRING_CHAR), 0, None)
 
 _DAY_OF_MONTH = r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
 _DATE = r"[0-9]{4}-" + _DAY_OF_MONTH
@@ -26,44 +34,98 @@ FORMATS = {
     "ipv4": r"((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
     "hostname": _LABEL + r"(\." + _LABEL + r")*",
 }
-# shortest and longest match of each format (None: unbounded)
-_FORMAT_LENGTHS = {"date": (10, 10), "time": (9, 21), "date-time": (20, 32), "uuid": (36, 36), "ipv4": (7, 15),
-                   "email": (6, None), "uri": (7, None), "hostname": (1, None)}
-UNBOUNDED_FORMAT_MAX_LENGTH = 1000  # a maxLength at least this long is not enforced on an unbounded format
+_SEGMENT = r"[a-zA-Z0-9._~!$&'()*+,;=@-]"  # a relative reference's first segment has no ":" (RFC 3986)
+FORMATS["uri-reference"] = "(" + FORMATS["uri"] + f"|(/?{_SEGMENT}+)(/({_SEGMENT}|:)*)*)"
+MAX_LENGTH_BOUND = 10_000  # a larger minLength/maxLength is refused: the automaton grows with the bound
+# standard formats that validators may assert and that are not enforced here: refused (other names are annotations)
+UNSUPPORTED_FORMATS = frozenset({"regex", "ipv6", "idn-email", "idn-hostname", "iri", "iri-reference", "uri-template",
+                                 "json-pointer", "relative-json-pointer", "duration"})
 
 
-def string_regex(schema: dict, path: str) -> str:
-    """The regex of a JSON string under a ``type: string`` schema at JSON path ``path``: ``minLength``/
-    ``maxLength``, ``format`` or ``pattern``. Raises `SchemaError` naming the keyword's path."""
+def string_node(schema: dict, path: str) -> Node:
+    """The language of a JSON string (quotes included) under the string keywords of ``schema`` at JSON path
+    ``path``: ``minLength``/``maxLength`` (in characters), a known ``format`` (others are annotations, ignored),
+    ``pattern`` (found anywhere in the string unless anchored), more patterns from ``allOf`` (``\\0patterns``)
+    and excluded patterns from ``not`` (``\\0not``). Raises `SchemaError` naming the keyword's path."""
+    return seq(lit('"'), content_node(schema, path), lit('"'))
+
+
+def content_node(schema: dict, path: str) -> Node:
+    """`string_node` without the quotes."""
     lo, hi = schema.get("minLength", 0), schema.get("maxLength")
     for key, value in (("minLength", lo), ("maxLength", hi)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise SchemaError(f"{path}/{key}", f"must be a non-negative integer, got {value!r}")
     if hi is not None and hi < lo:
-        raise SchemaError(path, f"maxLength {hi} is below minLength {lo}")
-    fmt, pattern = schema.get("format"), schema.get("pattern")
-    if fmt is not None and pattern is not None:
-        raise SchemaError(path, "format and pattern together are not supported")
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise SchemaError(f"{path}/format", f"format {fmt!r} is not supported (supported: "
-                                                f"{', '.join(FORMATS)})")
-        shortest, longest = _FORMAT_LENGTHS[fmt]
-        if lo > shortest:
-            raise SchemaError(f"{path}/minLength", f"minLength {lo} with format {fmt!r} is not supported")
-        limit = UNBOUNDED_FORMAT_MAX_LENGTH if longest is None else longest
-        if hi is not None and hi < limit:
-            raise SchemaError(f"{path}/maxLength", f"maxLength {hi} with format {fmt!r} is not supported")
-        return f'"{FORMATS[fmt]}"'
-    if pattern is not None:
-        if lo or hi is not None:
-            raise SchemaError(path, "pattern together with minLength/maxLength is not supported")
-        return '"' + json_string_regex(pattern, f"{path}/pattern") + '"'
-    if hi is None:
-        count = "*" if lo == 0 else ("+" if lo == 1 else f"{{{lo},}}")
-    else:
-        count = f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}"
-    return f'"{STRING_CHAR}{count}"'
+        return NOTHING
+    for key, value in (("minLength", lo), ("maxLength", hi)):
+        if value is not None and value > MAX_LENGTH_BOUND:
+            raise SchemaError(f"{path}/{key}", f"{key} {value} is above {MAX_LENGTH_BOUND:,} (the automaton would "
+                                               "grow with it)")
+    parts: list[Node] = []
+    fmt = schema.get("format")
+    if fmt in UNSUPPORTED_FORMATS:
+        raise SchemaError(f"{path}/format", f"format {fmt!r} is not supported (supported: {', '.join(FORMATS)}; "
+                                            "other names are annotations)")
+    if isinstance(fmt, str) and fmt in FORMATS:
+        parts.append(Re(FORMATS[fmt]))
+    patterns = [(schema["pattern"], f"{path}/pattern")] if "pattern" in schema else []
+    patterns += [(p, f"{path}/allOf") for p in schema.get("\0patterns", ())]
+    parts += [pattern_node(p, where) for p, where in patterns]
+    if lo or hi is not None or not parts:
+        parts.append(Rep(Re(STRING_CHAR), lo, hi))
+    node = parts[0] if len(parts) == 1 else Meet(tuple(parts))
+    excluded = [pattern_node(p, f"{path}/not/pattern", outer=True) for p in schema.get("\0not", ())]
+    if excluded:
+        node = Minus(node, alt(*excluded))
+    if (len(parts) > 1 or excluded) and is_empty(node):
+        return NOTHING
+    return node
+
+
+def pattern_node(pattern, path: str, outer: bool = False) -> Node:
+    """The JSON texts (between the quotes) of strings in which ``pattern`` is found: a branch anchored with
+    ``^`` / ``$`` matches from the start / to the end, otherwise anything may come before / after. The rewriting
+    reads ``\\d``, ``\\w``, ``\\s``, ``.`` and negated sets narrowly (ASCII, nothing that needs an escape), so its
+    texts all match; ``outer`` reads them as any character instead (and ``$`` as Python does, before a final
+    newline too), so that every match is among its texts: what a pattern excludes must be read that way."""
+    if not isinstance(pattern, str):
+        raise SchemaError(path, f"must be a regex string, got {pattern!r}")
+    branches = []
+    for branch in _top_level_branches(pattern):
+        start = branch.startswith("^")
+        end = branch.endswith("$") and not branch.endswith("\\$")
+        body = branch[1 if start else 0: len(branch) - 1 if end else len(branch)]
+        inner = Re(json_string_regex(body, path, outer)) if body else None
+        tail = [ANY_CONTENT] if not end else ([Rep(lit("\\n"), 0, 1)] if outer else [])  # Python's $ allows a final \n
+        branches.append(seq(*([] if start else [ANY_CONTENT]), *([inner] if inner else []), *tail))
+    return alt(*branches)
+
+
+def _top_level_branches(pattern: str) -> list[str]:
+    out, depth, i, begin = [], 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i += 1
+            if i < len(pattern) and pattern[i] == "^":
+                i += 1
+            if i < len(pattern) and pattern[i] == "]":
+                i += 1
+            while i < len(pattern) and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            out.append(pattern[begin:i])
+            begin = i + 1
+        i += 1
+    return out + [pattern[begin:]]
 
 
 # ---- a string pattern, over JSON-escaped text -----------------------------------------------------------------
@@ -73,10 +135,11 @@ _SAFE_EXCLUDED = r'"\\\x00-\x1f'
 _JSON_ESCAPES = {'"': r'\\"', "\\": r"\\\\", "\n": r"\\n", "\t": r"\\t", "\r": r"\\r", "\f": r"\\f", "\b": r"\\b"}
 
 
-def json_string_regex(pattern: str, path: str) -> str:
+def json_string_regex(pattern: str, path: str, outer: bool = False) -> str:
     """A JSON-Schema ``pattern`` (for the decoded string) as a regex over the string's JSON text (between the
     quotes): quotes, backslashes and control characters become their escapes, ``.`` and negated sets exclude
-    what must be escaped. Raises `SchemaError` (with the regex's caret message)."""
+    what must be escaped (``outer``: shorthand classes, ``.`` and negated sets become any one character).
+    Raises `SchemaError` (with the regex's caret message)."""
     try:
         normalized = normalize_regex(pattern)
     except RegexError as err:
@@ -85,7 +148,10 @@ def json_string_regex(pattern: str, path: str) -> str:
     i, n = 0, len(normalized)
     while i < n:
         c = normalized[i]
-        if c == "\\":
+        if c == "\\" and outer and normalized[i + 1] in "dDwWsS":
+            out.append(STRING_CHAR)
+            i += 2
+        elif c == "\\":
             e = normalized[i + 1]
             if e == "s":
                 out.append(r"( |\\[tnrf])")
@@ -105,9 +171,12 @@ def json_string_regex(pattern: str, path: str) -> str:
         elif c == "[":
             j = _class_end(normalized, i)
             body = normalized[i: j + 1]
-            if body.startswith("[^"):
+            if outer and (body.startswith("[^") or "\\" in body):
+                out.append(STRING_CHAR)
+            elif body.startswith("[^"):
                 out.append(body[:-1] + _SAFE_EXCLUDED + "]")
             else:
+                body = body.replace("\\s", " ")  # within a set, \s is read as the space alone (narrowly)
                 members = [u for u in _UNSAFE if re.fullmatch(body, u)]
                 if members:
                     raise SchemaError(path, f"character set {body} contains a quote, backslash or control character "
@@ -115,7 +184,7 @@ def json_string_regex(pattern: str, path: str) -> str:
                 out.append(body)
             i = j + 1
         elif c == ".":
-            out.append(f"[^{_SAFE_EXCLUDED}]")
+            out.append(STRING_CHAR if outer else f"[^{_SAFE_EXCLUDED}]")
             i += 1
         elif c == '"' or ord(c) < 0x20:
             out.append(_json_escaped(c))

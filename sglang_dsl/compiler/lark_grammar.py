@@ -89,6 +89,30 @@ def load_grammar(text: str) -> Grammar:
     if not isinstance(text, str) or not text.strip():
         raise GrammarError("a grammar must be non-empty text")
     source = gbnf_to_lark(text) if is_gbnf(text) else text
+    parser = _lark_parser(source)
+    terminals = []
+    for term in parser.terminals:
+        regex = _COMMON_REPLACEMENTS.get(term.name) or term.pattern.to_regexp()
+        flags = "".join(sorted(term.pattern.flags))
+        if flags:
+            regex = f"(?{flags}:{regex})"
+        try:
+            dfa = regex_to_dfa(regex)
+        except ConstraintError as err:
+            raise GrammarError(f"terminal {term.name}: {err}") from None
+        terminals.append(Terminal(term.name, regex, dfa))
+    return _with_table(source, parser, terminals)
+
+
+def grammar_with_terminals(source: str, dfas: dict[str, ByteDFA]) -> Grammar:
+    """The grammar ``source`` (lark EBNF) whose terminals' automata are given (``source`` names each terminal
+    with a placeholder pattern; ``dfas`` maps terminal names to their real automata). Raises `GrammarError`."""
+    parser = _lark_parser(source)
+    return _with_table(source, parser, [Terminal(t.name, t.pattern.to_regexp(), dfas[t.name])
+                                        for t in parser.terminals])
+
+
+def _lark_parser(source: str):
     import lark
     from lark.exceptions import GrammarError as LarkGrammarError
     from lark.exceptions import LarkError
@@ -103,19 +127,13 @@ def load_grammar(text: str) -> Grammar:
         raise GrammarError(f"grammar: {message}") from None
     except LarkError as err:
         raise GrammarError(f"grammar does not parse: {str(err).strip()}") from None
-    terminals = []
-    for term in parser.terminals:
-        regex = _COMMON_REPLACEMENTS.get(term.name) or term.pattern.to_regexp()
-        flags = "".join(sorted(term.pattern.flags))
-        if flags:
-            regex = f"(?{flags}:{regex})"
-        try:
-            dfa = regex_to_dfa(regex)
-        except ConstraintError as err:
-            raise GrammarError(f"terminal {term.name}: {err}") from None
-        if dfa.accepting[dfa.initial]:
-            raise GrammarError(f"terminal {term.name} matches the empty string")
-        terminals.append(Terminal(term.name, regex, dfa))
+    return parser
+
+
+def _with_table(source: str, parser, terminals: list[Terminal]) -> Grammar:
+    for t in terminals:
+        if t.dfa.accepting[t.dfa.initial]:
+            raise GrammarError(f"terminal {t.name} matches the empty string")
     table = parser.parser.parser.parser.parse_table
     states = {}
     for state, row in table.states.items():

@@ -220,3 +220,27 @@ def test_recursive_schemas_round_trip_through_the_disk_cache(smollm2_vocab, tmp_
     assert fresh.stats["disk_hits"] == 1 and fresh.stats["compiled"] == 0
     state = matcher.advance_bytes(matcher.start(), b'{"value":1,"children":[{"value":2}]}')
     assert state is not None and matcher.accepting(state)
+
+
+def test_a_pydantic_models_objects_are_closed_unless_it_allows_extra_fields():
+    import pydantic
+
+    from sglang_dsl.compiler.json_schema import schema_to_dict
+
+    class Inner(pydantic.BaseModel):
+        properties: list[str]  # a field that shares its name with the keyword
+
+    class Open(pydantic.BaseModel, extra="allow"):
+        note: str
+
+    class Outer(pydantic.BaseModel):
+        inner: Inner
+        extra: Open
+        default_list: list[int] = [1]
+
+    schema = schema_to_dict(Outer)
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["Inner"]["additionalProperties"] is False
+    assert set(schema["$defs"]["Inner"]["properties"]) == {"properties"}
+    assert schema["$defs"]["Open"]["additionalProperties"] is True
+    assert schema["properties"]["default_list"]["default"] == [1]

@@ -50,8 +50,32 @@ def schema_to_dict(schema: Any) -> Any:
             raise SchemaError("#", f"not valid JSON: {err}") from None
     method = getattr(schema, "model_json_schema", None) or getattr(schema, "schema", None)
     if callable(method):
-        return method()
+        return closed_objects(method())
     raise SchemaError("#", f"a schema must be a dict, JSON text or a pydantic model, got {type(schema).__name__}")
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # name -> schema
+_DATA_KEYWORDS = ("enum", "const", "default", "examples")  # values, not schemas
+
+
+def closed_objects(schema: Any) -> Any:
+    """A pydantic model's schema with every object that lists ``properties`` and says nothing of others closed
+    (``additionalProperties: false``): a model describes exactly its fields (one that allows extra fields says
+    ``additionalProperties: true`` and stays open), where the specification's default would let a generated
+    object carry keys of the model's own invention."""
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        else:
+            out[key] = value if key in _DATA_KEYWORDS else closed_objects(value)
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def schema_to_json_text(schema: Any) -> str:

@@ -124,9 +124,12 @@ def normalize_dtype(dtype: Any) -> str:
 
 
 def normalize_json_schema(schema: Any) -> str:
-    """JSON text, a dict, or a pydantic model class -> JSON text (checked to parse)."""
+    """JSON text, a dict, or a pydantic model class (its objects closed: `closed_objects`) -> JSON text (checked
+    to parse)."""
     if hasattr(schema, "model_json_schema"):
-        schema = schema.model_json_schema()
+        from sglang_dsl.compiler.json_schema import schema_to_dict
+
+        schema = schema_to_dict(schema)
     if isinstance(schema, dict):
         return json.dumps(schema)
     if not isinstance(schema, str):

@@ -284,9 +284,9 @@ def test_few_shot_qa(programs, ran):
 
 @pytest.mark.slow
 def test_expert_answer(programs, ran):
-    # SGLang asserts "paris" in the text; SmolLM2-135M's expert says otherwise. The program's shape: the expert
-    # read back mid-program into the second sentence.
-    with pytest.raises(AssertionError, match="Answer: "):
+    # SGLang asserts "paris" in the text; SmolLM2-135M's expert, sampled at temperature 0.1, mostly says otherwise.
+    # The program's shape: the expert read back mid-program into the second sentence.
+    with contextlib.suppress(AssertionError):
         programs.test_expert_answer()
     (_, state), = ran
     assert state["expert"] and f"For example,{state['expert']} would answer that " in state.text()

@@ -32,7 +32,7 @@ from sglang_dsl.compiler.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-COMPILER_VERSION = "2"  # bump when compiled artifacts change meaning (invalidates the disk cache)
+COMPILER_VERSION = "3"  # bump when compiled artifacts change meaning (invalidates the disk cache)
 KINDS = ("regex", "json_schema", "ebnf")
 LAZY_ABOVE = 4000 * 50_000  # states x vocabulary size beyond which mask rows are computed on first use
 SCHEMA_EAGER_STATES = 256  # a JSON schema's DFA with more states computes its mask rows on first use

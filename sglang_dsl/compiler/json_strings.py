@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from sglang_dsl.compiler.errors import RegexError, SchemaError
-from sglang_dsl.compiler.regex_syntax import normalize_regex
+from sglang_dsl.compiler.regex_syntax import class_end, normalize_regex, top_level_branches
 from sglang_dsl.compiler.schema_automaton import is_empty
 from sglang_dsl.compiler.schema_ir import NOTHING, Meet, Minus, Node, Re, Rep, alt, lit, seq
 
@@ -92,7 +92,7 @@ def pattern_node(pattern, path: str, outer: bool = False) -> Node:
     if not isinstance(pattern, str):
         raise SchemaError(path, f"must be a regex string, got {pattern!r}")
     branches = []
-    for branch in _top_level_branches(pattern):
+    for branch in top_level_branches(pattern):
         start = branch.startswith("^")
         end = branch.endswith("$") and not branch.endswith("\\$")
         body = branch[1 if start else 0: len(branch) - 1 if end else len(branch)]
@@ -100,32 +100,6 @@ def pattern_node(pattern, path: str, outer: bool = False) -> Node:
         tail = [ANY_CONTENT] if not end else ([Rep(lit("\\n"), 0, 1)] if outer else [])  # Python's $ allows a final \n
         branches.append(seq(*([] if start else [ANY_CONTENT]), *([inner] if inner else []), *tail))
     return alt(*branches)
-
-
-def _top_level_branches(pattern: str) -> list[str]:
-    out, depth, i, begin = [], 0, 0, 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "[":
-            i += 1
-            if i < len(pattern) and pattern[i] == "^":
-                i += 1
-            if i < len(pattern) and pattern[i] == "]":
-                i += 1
-            while i < len(pattern) and pattern[i] != "]":
-                i += 2 if pattern[i] == "\\" else 1
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            out.append(pattern[begin:i])
-            begin = i + 1
-        i += 1
-    return out + [pattern[begin:]]
 
 
 # ---- a string pattern, over JSON-escaped text -----------------------------------------------------------------
@@ -169,7 +143,7 @@ def json_string_regex(pattern: str, path: str, outer: bool = False) -> str:
                 out.append(normalized[i: i + 2])
             i += 2
         elif c == "[":
-            j = _class_end(normalized, i)
+            j = class_end(normalized, i)
             body = normalized[i: j + 1]
             if outer and (body.startswith("[^") or "\\" in body):
                 out.append(STRING_CHAR)
@@ -199,19 +173,3 @@ def _json_escaped(char: str) -> str:
     if char in _JSON_ESCAPES:
         return _JSON_ESCAPES[char]
     return r"\\u" + f"{ord(char):04x}"
-
-
-def _class_end(text: str, start: int) -> int:
-    i = start + 1
-    if i < len(text) and text[i] == "^":
-        i += 1
-    if i < len(text) and text[i] == "]":
-        i += 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == "]":
-            return i
-        i += 1
-    return len(text) - 1

@@ -230,3 +230,42 @@ def _escaped(p: str, index: int) -> bool:
     while index - 1 - count >= 0 and p[index - 1 - count] == "\\":
         count += 1
     return count % 2 == 1
+
+
+def class_end(text: str, start: int) -> int:
+    """The index of the ``]`` that closes the character class opening at ``start`` (a ``]`` first in the class,
+    after an optional ``^``, is a member); ``len(text) - 1`` when none does."""
+    i = start + 1
+    if i < len(text) and text[i] == "^":
+        i += 1
+    if i < len(text) and text[i] == "]":
+        i += 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == "]":
+            return i
+        i += 1
+    return len(text) - 1
+
+
+def top_level_branches(pattern: str) -> list[str]:
+    """``pattern`` split at the ``|`` outside groups and character classes."""
+    out, depth, i, begin = [], 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i = class_end(pattern, i)
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            out.append(pattern[begin:i])
+            begin = i + 1
+        i += 1
+    return out + [pattern[begin:]]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sglang_dsl.compiler.regex_syntax import top_level_branches
+
 
 class Node:
     """A language of texts (immutable, hashable)."""
@@ -162,7 +164,7 @@ def to_regex(node: Node) -> str | None:
         return to_regex(node.expanded())
     if isinstance(node, Seq):
         parts = [to_regex(p) for p in node.parts]
-        return None if None in parts else "".join(f"({p})" if _top_level_bar(p) else p for p in parts)
+        return None if None in parts else "".join(f"({p})" if len(top_level_branches(p)) > 1 else p for p in parts)
     if isinstance(node, Alt):
         options = [to_regex(o) for o in node.options]
         if None in options:
@@ -178,36 +180,6 @@ def to_regex(node: Node) -> str | None:
                 f"{{{node.low}}}" if node.low == node.high else f"{{{node.low},{node.high}}}")
         return f"({item}){count}"
     return None
-
-
-def _top_level_bar(text: str) -> bool:
-    depth, i = 0, 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "[":
-            i = _class_end(text, i)
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            return True
-        i += 1
-    return False
-
-
-def _class_end(text: str, start: int) -> int:
-    i = start + 1
-    if i < len(text) and text[i] == "^":
-        i += 1
-    if i < len(text) and text[i] == "]":
-        i += 1
-    while i < len(text) and text[i] != "]":
-        i += 2 if text[i] == "\\" else 1
-    return i
 
 
 def _escape(text: str) -> str:
